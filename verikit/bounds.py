@@ -1,0 +1,62 @@
+"""Plain bound records passed between engines, methods and layer rules (never stored on graph nodes)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Interval:
+    """Elementwise lower and upper bounds of one value, shaped [batch, *value_shape]."""
+
+    lower: torch.Tensor
+    upper: torch.Tensor
+
+    @property
+    def center(self) -> torch.Tensor:
+        return (self.upper + self.lower) / 2
+
+    @property
+    def radius(self) -> torch.Tensor:
+        return (self.upper - self.lower) / 2
+
+    @classmethod
+    def point(cls, value: torch.Tensor) -> "Interval":
+        return cls(value, value)
+
+    def contains(self, value: torch.Tensor, tolerance: float = 1e-5) -> bool:
+        """True when value (broadcastable to the bounds) lies inside, up to a relative tolerance."""
+        slack = tolerance * (1 + value.abs())
+        return bool(((value >= self.lower - slack) & (value <= self.upper + slack)).all())
+
+    def intersect(self, other: "Interval") -> "Interval":
+        return Interval(torch.maximum(self.lower, other.lower), torch.minimum(self.upper, other.upper))
+
+    def to(self, dtype: torch.dtype) -> "Interval":
+        return Interval(self.lower.to(dtype), self.upper.to(dtype))
+
+
+@dataclass(frozen=True)
+class LinearBound:
+    """A linear function `coefficients . x + bias` of some value x.
+
+    coefficients: [batch, rows, *x_shape]; bias: [batch, rows].
+    """
+
+    coefficients: torch.Tensor
+    bias: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Relaxation:
+    """Per-neuron lines that sandwich a nonlinearity on its input interval:
+
+    lower_slope * z + lower_intercept <= f(z) <= upper_slope * z + upper_intercept.
+    Tensors are shaped like the nonlinearity's input, [batch, *shape].
+    """
+
+    lower_slope: torch.Tensor
+    lower_intercept: torch.Tensor
+    upper_slope: torch.Tensor
+    upper_intercept: torch.Tensor

@@ -1,0 +1,142 @@
+"""Base classes for layer rules: the contract every layer plugin implements (see DESIGN.md section 2).
+
+Shapes: values are [N, *onnx_shape]; linear coefficients are [B, K, *onnx_shape] (B problems, K rows).
+`backward` always builds an *upper* linear bound: for coefficients A on the output y it returns A_i on
+each computed input x_i and a bias so that  A . y <= sum_i A_i . x_i + bias  for every admissible input.
+A lower bound is minus the upper bound of -A, so engines stack [A; -A] and get both in one pass.
+"""
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+
+from verikit.bounds import Interval, Relaxation
+from verikit.errors import ModelError
+from verikit.graph import NodeInfo
+
+RELAXATION_MODES = ("same-slope", "adaptive", "zero", "optimizable")
+
+
+class LayerRule:
+    """One built ONNX node: its weights and attributes, and every rule to evaluate and bound it."""
+
+    op_types: ClassVar[tuple[str, ...]] = ()
+    linear: ClassVar[bool] = False
+
+    def __init__(self, node: NodeInfo):
+        """Record the node's name and the ONNX shapes of its computed inputs and of its output."""
+        self.name = node.name
+        self.input_shapes = tuple(tuple(node.input_shapes[node.inputs.index(n)]) for n in node.computed_inputs)
+        self.output_shape = tuple(node.output_shape)
+
+    @classmethod
+    def build(cls, node: NodeInfo) -> "LayerRule":
+        """Read attributes and weights once; raise ModelError naming the node for what is unsupported."""
+        raise NotImplementedError
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        """Concrete semantics, batched over the leading sample dimension."""
+        raise NotImplementedError
+
+    def interval(self, *inputs: Interval) -> Interval:
+        """Interval image of the input boxes (IBP)."""
+        raise NotImplementedError
+
+    def backward(self, coefficients: torch.Tensor, relaxation: Relaxation | None = None,
+                 ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Upper linear bound of `coefficients . output` in terms of the computed inputs (see module doc)."""
+        raise NotImplementedError
+
+    def relax(self, bound: Interval, mode: str = "adaptive",
+              lower_slope: torch.Tensor | None = None) -> Relaxation:
+        """Lines valid on the input interval `bound` (nonlinear rules only); mode in RELAXATION_MODES."""
+        raise NotImplementedError
+
+    def to(self, dtype: torch.dtype, device: str | torch.device = "cpu") -> "LayerRule":
+        """A copy with every tensor attribute converted; rules keep their tensors as plain attributes."""
+        clone = object.__new__(type(self))
+        for key, value in vars(self).items():
+            if isinstance(value, torch.Tensor) and value.is_floating_point():
+                value = value.to(dtype=dtype, device=device)
+            setattr(clone, key, value)
+        return clone
+
+    @staticmethod
+    def reject(node: NodeInfo, what: str, fix: str = "") -> ModelError:
+        """A clear error about an unsupported attribute or input of `node`."""
+        return ModelError(f"{node.op_type} node '{node.name}': {what}", fix=fix or None)
+
+
+def flatten_rows(coefficients: torch.Tensor, value_rank: int) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """[B, K, *shape] -> [B*K, *shape], returning the leading (B, K) to restore later."""
+    lead = tuple(coefficients.shape[: coefficients.dim() - value_rank])
+    return coefficients.reshape(-1, *coefficients.shape[len(lead):]), lead
+
+
+class LinearRule(LayerRule):
+    """An affine op y = L(x_1, ..., x_m) + offset. Subclasses give `forward` and, when L has weights
+    of either sign, `absolute` (the map with |weights|, used for interval radii)."""
+
+    linear = True
+
+    def absolute(self, *radii: torch.Tensor) -> torch.Tensor:
+        """|L| applied to non-negative radii; the default suits permutations, copies and sums."""
+        return self.linear_part(*radii)
+
+    def linear_part(self, *inputs: torch.Tensor) -> torch.Tensor:
+        """L(x) without the offset."""
+        return self.forward(*inputs) - self.offset(*inputs)
+
+    def offset(self, *inputs: torch.Tensor) -> torch.Tensor:
+        """The constant term: the output at all-zero inputs."""
+        return self.forward(*(torch.zeros_like(x[:1]) for x in inputs))
+
+    def interval(self, *inputs: Interval) -> Interval:
+        center = self.forward(*(b.center for b in inputs))
+        radius = self.absolute(*(b.radius for b in inputs))
+        return Interval(center - radius, center + radius)
+
+    def backward(self, coefficients: torch.Tensor, relaxation: Relaxation | None = None,
+                 ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Exact: A . (L x + o) = (L^T A) . x + A . o, with L^T from autograd (a vector-Jacobian product)."""
+        return transpose_by_autograd(self, coefficients)
+
+
+def transpose_by_autograd(rule: LinearRule, coefficients: torch.Tensor,
+                          ) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Push coefficients through an affine rule using the vector-Jacobian product of its linear part."""
+    input_shapes = rule.input_shapes
+    rank = len(rule.output_shape)
+    flat, lead = flatten_rows(coefficients, rank)
+    inputs = [torch.zeros(flat.shape[0], *shape, dtype=flat.dtype, device=flat.device, requires_grad=True)
+              for shape in input_shapes]
+    with torch.enable_grad():
+        output = rule.forward(*inputs)
+        offset = output.detach()
+        grads = torch.autograd.grad(output, inputs, grad_outputs=flat, allow_unused=True)
+    pushed = [(g if g is not None else torch.zeros_like(x)).reshape(*lead, *x.shape[1:])
+              for g, x in zip(grads, inputs)]
+    bias = (flat * offset).reshape(flat.shape[0], -1).sum(dim=1).reshape(lead)
+    return pushed, bias
+
+
+class ElementwiseRule(LayerRule):
+    """A per-neuron nonlinearity y = f(z). Subclasses give `forward` and `relax`; the default interval
+    assumes f is monotone non-decreasing."""
+
+    def interval(self, bound: Interval) -> Interval:
+        return Interval(self.forward(bound.lower), self.forward(bound.upper))
+
+    def backward(self, coefficients: torch.Tensor, relaxation: Relaxation | None = None,
+                 ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Upper bound: positive coefficients take the upper line, negative ones the lower line."""
+        if relaxation is None:
+            raise ValueError(f"{type(self).__name__}.backward needs a relaxation")
+        rows = coefficients.dim() - relaxation.upper_slope.dim()
+        shape = relaxation.upper_slope.shape[:1] + (1,) * rows + relaxation.upper_slope.shape[1:]
+        view = lambda t: t.reshape(shape)  # noqa: E731  [B, *s] -> [B, 1, *s]
+        positive, negative = coefficients.clamp(min=0), coefficients.clamp(max=0)
+        pushed = positive * view(relaxation.upper_slope) + negative * view(relaxation.lower_slope)
+        bias = positive * view(relaxation.upper_intercept) + negative * view(relaxation.lower_intercept)
+        return [pushed], bias.flatten(start_dim=coefficients.dim() - len(relaxation.upper_slope.shape[1:])).sum(-1)

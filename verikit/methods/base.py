@@ -1,0 +1,59 @@
+"""The method contract: bound, attack and complete methods, each with an options dataclass."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+
+from verikit.bounds import Interval
+from verikit.graph import Graph
+from verikit.region import Region
+
+
+@dataclass
+class NoOptions:
+    """This method takes no options."""
+
+
+@dataclass
+class Verdict:
+    """The outcome of a verification: `sat` carries a counterexample (flat input and output)."""
+
+    status: str  # "sat" | "unsat" | "unknown" | "timeout" | "error"
+    method: str = ""
+    counterexample: tuple[torch.Tensor, torch.Tensor] | None = None
+    seconds: float = 0.0
+    detail: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+class Method:
+    """Base of every method plugin. Subclasses set `name`, `kind`, `summary` and `Options`, and
+    implement the member for their kind."""
+
+    name: ClassVar[str] = ""
+    kind: ClassVar[str] = "bound"  # "bound" | "attack" | "complete"
+    summary: ClassVar[str] = ""
+    Options: ClassVar[type] = NoOptions
+    needs: ClassVar[tuple[str, ...]] = ("forward", "interval")  # layer-rule members it calls
+
+    def bound(self, graph: Graph, region: Region, coefficients: torch.Tensor, options=None,
+              intermediate: dict[str, Interval] | None = None) -> Interval:
+        """Bounds of `coefficients @ output` ([B, K] from coefficients [B or 1, K, n_out]) over the
+        region; fills `intermediate` (value name -> Interval) when given."""
+        raise NotImplementedError
+
+    def attack(self, graph: Graph, prop, options=None, deadline: float | None = None):
+        """A flat (input, output) pair violating the property, or None."""
+        raise NotImplementedError
+
+    def decide(self, graph: Graph, prop, options=None, deadline: float | None = None) -> Verdict:
+        """A complete answer for the property, or unknown/timeout."""
+        raise NotImplementedError
+
+    def default_options(self):
+        return self.Options()
+
+    def __repr__(self) -> str:
+        return f"<method {self.name} ({self.kind})>"

@@ -1,0 +1,1 @@
+"""Specifications: the Property form, and readers for VNN-LIB and YAML."""

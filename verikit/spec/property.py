@@ -1,0 +1,72 @@
+"""Property: an OR over input regions, each with an output condition in DNF describing the UNSAFE set.
+
+The answer is `sat` when some input of some region satisfies every row of some clause
+(`coefficients @ y <= rhs`), and `unsat` when no input can. Inputs and outputs are flattened in
+VNN-LIB order (X_0, X_1, ... and Y_0, Y_1, ...).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from verikit.region import Region
+
+
+@dataclass(frozen=True)
+class OutputClause:
+    """An AND of linear rows over the outputs: coefficients [R, n_out] @ y <= rhs [R]."""
+
+    coefficients: torch.Tensor
+    rhs: torch.Tensor
+
+    def slack(self, outputs: torch.Tensor) -> torch.Tensor:
+        """Largest row violation `c . y - d` per output row of outputs [..., n_out]: <= 0 means satisfied."""
+        return (outputs @ self.coefficients.T.to(outputs.dtype) - self.rhs.to(outputs.dtype)).amax(-1)
+
+
+@dataclass(frozen=True)
+class InputConstraints:
+    """Linear constraints beyond the box: coefficients [R, n_in] @ x <= rhs [R]."""
+
+    coefficients: torch.Tensor
+    rhs: torch.Tensor
+
+    def slack(self, inputs: torch.Tensor) -> torch.Tensor:
+        return (inputs @ self.coefficients.T.to(inputs.dtype) - self.rhs.to(inputs.dtype)).amax(-1)
+
+
+@dataclass(frozen=True)
+class RegionSpec:
+    """One input region (batch of 1) and the unsafe clauses that must be refuted on it."""
+
+    region: Region
+    clauses: tuple[OutputClause, ...]
+    input_constraints: InputConstraints | None = None
+
+    def violation(self, inputs: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
+        """How far each point is from satisfying the best clause: <= 0 means it is a counterexample
+        (region membership is checked separately). Shapes: inputs [..., n_in], outputs [..., n_out]."""
+        value = torch.stack([clause.slack(outputs) for clause in self.clauses], -1).amin(-1)
+        if self.input_constraints is not None:
+            value = torch.maximum(value, self.input_constraints.slack(inputs))
+        return value
+
+
+@dataclass(frozen=True)
+class Property:
+    """OR over regions; `sat` iff some point of some region lies in one of its unsafe clauses."""
+
+    n_inputs: int
+    n_outputs: int
+    regions: tuple[RegionSpec, ...]
+    source: str = ""
+
+    def is_counterexample(self, inputs: torch.Tensor, outputs: torch.Tensor, tolerance: float = 0.0) -> bool:
+        """True when the flat point (inputs [n_in], outputs [n_out]) violates the property in some region."""
+        x, y = inputs.reshape(1, 1, -1), outputs.reshape(1, -1)
+        for spec in self.regions:
+            region = spec.region.to(x.dtype)
+            if bool(region.contains(x, tolerance)[0, 0]) and float(spec.violation(x[0], y)[0]) <= tolerance:
+                return True
+        return False
