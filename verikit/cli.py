@@ -1,0 +1,186 @@
+"""The `verikit` command line. Every command has --help with an example, --debug for tracebacks, and
+exits non-zero on error (2 for bad input, 1 for an internal failure)."""
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from verikit.errors import VerikitError
+
+EXIT_BAD_INPUT = 2
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def handles_errors(command):
+    """Print a VerikitError as one clear message (no traceback unless --debug) and exit non-zero."""
+
+    @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+    @functools.wraps(command)
+    def wrapper(*args, debug: bool = False, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except VerikitError as error:
+            if debug:
+                raise
+            click.echo(f"error: {error}", err=True)
+            sys.exit(EXIT_BAD_INPUT)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        except Exception as error:  # an internal bug: say so plainly
+            if debug:
+                raise
+            click.echo(f"internal error: {type(error).__name__}: {error}\n  (run again with --debug for the "
+                       "traceback, and please report it)", err=True)
+            sys.exit(1)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="verikit")
+def main() -> None:
+    """verikit: prove or refute properties of neural networks.
+
+    \b
+    Examples:
+      verikit verify net.onnx prop.vnnlib --timeout 60 --results out.txt
+      verikit bound net.onnx prop.vnnlib --method ibp
+      verikit plugins
+    """
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--method", "-m", "methods", multiple=True,
+              help="Bound method to try (repeat for several, cheap to strong). Default: the registered ones "
+                   "of ibp, crown, alpha-crown.")
+@click.option("--attack", default="pgd", show_default=True, help="Attack method; 'none' to skip.")
+@click.option("--complete", default="bab", show_default=True,
+              help="Complete method run after the bounds, until the deadline; 'none' to skip.")
+@click.option("--timeout", default=60.0, show_default=True, type=float, help="Seconds for the whole instance.")
+@click.option("--results", type=click.Path(dir_okay=False), help="Write a VNN-COMP result file here.")
+@click.option("--no-check", is_flag=True, help="Skip comparing the model with onnxruntime at load.")
+@click.option("--quiet", "-q", is_flag=True, help="Print only the verdict.")
+@handles_errors
+def verify(model, spec, methods, attack, complete, timeout, results, no_check, quiet) -> None:
+    """Decide whether SPEC (VNN-LIB or YAML, describing the UNSAFE set) holds for the ONNX MODEL.
+
+    Prints `unsat` (the property holds), `sat` (with a counterexample re-checked by onnxruntime),
+    `unknown` or `timeout` as the last line.
+
+    \b
+    Example:
+      verikit verify ACASXU_run2a_1_1_batch_2000.onnx prop_1.vnnlib --timeout 60 --results out.txt
+    """
+    from verikit.api import load_model, load_spec
+    from verikit.methods.base import Verdict
+    from verikit.results import format_result, write_result
+    from verikit.verify import VerifyOptions, verify as run_verify
+
+    console = _console()
+    try:
+        with console.status("loading model", spinner="dots") as status:
+            graph = load_model(model, check=not no_check)
+            prop = load_spec(spec, graph)
+            options = VerifyOptions(timeout=timeout, methods=tuple(methods) or None,
+                                    attack=None if attack == "none" else attack,
+                                    complete=None if complete == "none" else complete)
+            update = (lambda stage: status.update(f"{Path(model).name}: {stage}")) if not quiet else None
+            verdict = run_verify(graph, prop, options, progress=update)
+    except VerikitError:
+        if results:
+            write_result(results, Verdict("error"))
+        raise
+    if results:
+        write_result(results, verdict)
+    if not quiet:
+        decided = f" by {verdict.method}" if verdict.method else ""
+        console.print(f"{verdict.status}{decided} in {verdict.seconds:.2f} s"
+                      + (f" ({verdict.detail})" if verdict.detail else ""))
+        if verdict.status == "sat":
+            click.echo(format_result(verdict).split("\n", 1)[1].rstrip())
+    click.echo(verdict.status)
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--method", "-m", default="ibp", show_default=True, help="Bound method.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@handles_errors
+def bound(model, spec, method, as_json) -> None:
+    """Bounds of every row `c . y - d` of SPEC's unsafe clauses on MODEL (a positive lower bound refutes
+    the row's clause).
+
+    \b
+    Example:
+      verikit bound net.onnx prop.vnnlib --method ibp --json
+    """
+    from verikit.api import bound as compute, load_model, load_spec
+
+    graph = load_model(model)
+    prop = load_spec(spec, graph)
+    results = compute(graph, prop, method=method)
+    records = []
+    for region_index, (spec_region, interval) in enumerate(zip(prop.regions, results)):
+        row = 0
+        for clause_index, clause in enumerate(spec_region.clauses):
+            for _ in range(clause.coefficients.shape[0]):
+                records.append({"region": region_index, "clause": clause_index, "row": row,
+                                "lower": float(interval.lower[0, row]), "upper": float(interval.upper[0, row])})
+                row += 1
+    if as_json:
+        click.echo(json.dumps({"method": method, "rows": records}, indent=2))
+        return
+    from rich.table import Table
+
+    table = Table("region", "clause", "row", "lower", "upper", "refutes", title=f"{method} bounds of c.y - d")
+    for r in records:
+        table.add_row(str(r["region"]), str(r["clause"]), str(r["row"]), f"{r['lower']:.6g}",
+                      f"{r['upper']:.6g}", "yes" if r["lower"] > 0 else "")
+    _console().print(table)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@handles_errors
+def plugins(as_json) -> None:
+    """List every registered layer, method, trainer and spec-reader plugin, and where it came from.
+
+    \b
+    Example:
+      verikit plugins
+      VERIKIT_PLUGINS= verikit plugins     # built-ins only
+    """
+    from verikit.plugins import registry
+
+    rows: dict[tuple[str, str, str], list[str]] = {}
+    for entry in registry().all():
+        rows.setdefault((entry.plugin, entry.kind, entry.distribution), []).append(entry.name)
+    if as_json:
+        click.echo(json.dumps([{"plugin": p, "kind": k, "distribution": d, "provides": sorted(n)}
+                               for (p, k, d), n in sorted(rows.items())], indent=2))
+        return
+    from rich.table import Table
+
+    table = Table("plugin", "kind", "provides", "distribution", title="verikit plugins")
+    for (plugin, kind, distribution), names in sorted(rows.items(), key=lambda r: (r[0][1], r[0][0])):
+        table.add_row(plugin, kind, ", ".join(sorted(names)), distribution)
+    from rich.console import Console
+
+    Console(width=max(100, Console().width)).print(table)
+
+
+if __name__ == "__main__":
+    main()

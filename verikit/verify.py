@@ -1,0 +1,161 @@
+"""The verification pipeline: attack -> bound methods from cheap to strong -> complete method -> Verdict.
+
+`unsat` only when every clause of every region is refuted by a sound bound (some row's lower bound of
+`c . y - d` is positive); `sat` only with a counterexample that onnxruntime confirms."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from verikit.graph import Graph
+from verikit.methods.base import Verdict
+from verikit.plugins import get_method, registry
+from verikit.spec.property import OutputClause, Property, RegionSpec
+
+DEFAULT_BOUND_ORDER = ("ibp", "crown", "alpha-crown")
+DEFAULT_COMPLETE = "bab"
+
+
+@dataclass
+class VerifyOptions:
+    """timeout: seconds for the whole instance; methods: bound methods to try in order (None: the
+    registered ones of DEFAULT_BOUND_ORDER); attack / complete: method names or None to skip."""
+
+    timeout: float = 60.0
+    methods: tuple[str, ...] | None = None
+    attack: str | None = "pgd"
+    complete: str | None = DEFAULT_COMPLETE
+    input_tolerance: float = 0.0
+
+
+@dataclass
+class _Open:
+    """The clauses of one region not yet refuted."""
+
+    region_index: int
+    clauses: list[int] = field(default_factory=list)
+
+
+def bound_methods(options: VerifyOptions) -> list[str]:
+    if options.methods is not None:
+        return list(options.methods)
+    names = {e.name for e in registry().methods("bound")}
+    return [m for m in DEFAULT_BOUND_ORDER if m in names]
+
+
+def complete_method(options: VerifyOptions) -> str | None:
+    if options.complete is None:
+        return None
+    names = {e.name for e in registry().methods("complete")}
+    if options.complete == DEFAULT_COMPLETE and options.complete not in names:
+        return None
+    return options.complete
+
+
+def verify(graph: Graph, prop: Property, options: VerifyOptions | None = None,
+           progress: Callable[[str], None] | None = None) -> Verdict:
+    """Decide the property on the graph within options.timeout seconds."""
+    options = options or VerifyOptions()
+    say = progress or (lambda _stage: None)
+    start = time.monotonic()
+    deadline = start + options.timeout
+    methods = [get_method(name) for name in bound_methods(options)]  # unknown names fail before work
+    finish = lambda v: _stamp(v, start)  # noqa: E731
+
+    if options.attack:
+        say(f"attack ({options.attack})")
+        verdict = _attack(graph, prop, options.attack, deadline)
+        if verdict is not None:
+            return finish(verdict)
+    open_regions = [_Open(i, list(range(len(spec.clauses)))) for i, spec in enumerate(prop.regions)]
+    for method in methods:
+        if time.monotonic() >= deadline:
+            return finish(Verdict("timeout", detail="deadline reached while bounding"))
+        say(f"bounds ({method.name})")
+        open_regions = _refute(graph, prop, method, open_regions)
+        if not open_regions:
+            return finish(Verdict("unsat", method=method.name))
+    name = complete_method(options)
+    if name is not None and time.monotonic() < deadline:
+        say(f"complete ({name})")
+        verdict = get_method(name).decide(graph, _restrict(prop, open_regions), None, deadline)
+        if verdict.status == "sat":
+            verdict = confirm(graph, prop, verdict.counterexample, name) or Verdict("unknown", method=name)
+        return finish(verdict)
+    status = "timeout" if time.monotonic() >= deadline else "unknown"
+    return finish(Verdict(status, detail=f"{sum(len(o.clauses) for o in open_regions)} clause(s) not refuted"))
+
+
+def _stamp(verdict: Verdict, start: float) -> Verdict:
+    verdict.seconds = time.monotonic() - start
+    return verdict
+
+
+def _attack(graph: Graph, prop: Property, name: str, deadline: float) -> Verdict | None:
+    found = get_method(name).attack(graph, prop, None, deadline)
+    return confirm(graph, prop, found, name) if found is not None else None
+
+
+def _refute(graph: Graph, prop: Property, method, open_regions: list[_Open]) -> list[_Open]:
+    """Bound each open region's clause rows with `method`; keep the clauses no row refutes."""
+    still_open = []
+    for item in open_regions:
+        spec = prop.regions[item.region_index]
+        clauses = [spec.clauses[c] for c in item.clauses]
+        rows = torch.cat([c.coefficients for c in clauses]).unsqueeze(0)
+        rhs = torch.cat([c.rhs for c in clauses])
+        lower = method.bound(graph, spec.region, rows.float()).lower[0].double() - rhs
+        kept, offset = [], 0
+        for index, clause in zip(item.clauses, clauses):
+            count = clause.coefficients.shape[0]
+            if count == 0 or not bool((lower[offset:offset + count] > 0).any()):
+                kept.append(index)
+            offset += count
+        if kept:
+            still_open.append(_Open(item.region_index, kept))
+    return still_open
+
+
+def _restrict(prop: Property, open_regions: list[_Open]) -> Property:
+    """The property over only the clauses still open."""
+    regions = []
+    for item in open_regions:
+        spec = prop.regions[item.region_index]
+        regions.append(RegionSpec(spec.region, tuple(spec.clauses[c] for c in item.clauses),
+                                  spec.input_constraints))
+    return Property(prop.n_inputs, prop.n_outputs, tuple(regions), prop.source)
+
+
+def confirm(graph: Graph, prop: Property, candidate, method: str) -> Verdict | None:
+    """A `sat` verdict if onnxruntime agrees that the candidate input violates the property."""
+    x = _float32_inside(prop, candidate[0].detach().double())
+    if graph.source and Path(graph.source).is_file():
+        from verikit.onnx_runtime import evaluate
+        y = torch.from_numpy(evaluate(graph.source, graph, x.numpy()[None]))[0]
+    else:
+        with torch.no_grad():
+            y = graph.to(torch.float32).forward_flat(x.float()[None])[0].double()
+    if not prop.is_counterexample(x, y):
+        return None
+    return Verdict("sat", method=method, counterexample=(x, y))
+
+
+def _float32_inside(prop: Property, x: torch.Tensor) -> torch.Tensor:
+    """Round to float32 (what the network consumes), nudging any coordinate that rounding pushed out
+    of its region's box back inside by one ulp."""
+    x32 = x.float()
+    for spec in prop.regions:
+        box = spec.region.bounding_box()
+        lower, upper = box.lower[0].double(), box.upper[0].double()
+        if bool(((x >= lower) & (x <= upper)).all()):
+            up = torch.nextafter(x32, torch.tensor(np.inf, dtype=torch.float32))
+            down = torch.nextafter(x32, torch.tensor(-np.inf, dtype=torch.float32))
+            x32 = torch.where(x32.double() < lower, up, x32)
+            x32 = torch.where(x32.double() > upper, down, x32)
+            break
+    return x32.double()
