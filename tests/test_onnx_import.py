@@ -1,0 +1,79 @@
+"""ONNX import: every benchmark network loads and matches onnxruntime; bad files fail clearly."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import helper, TensorProto
+
+from conftest import BENCHMARKS, benchmark_networks
+from verikit.errors import ModelError
+from verikit.onnx_import import load_model
+from verikit.onnx_runtime import evaluate
+
+# float32 arithmetic in a different summation order: errors stay near 1e-6 of the output scale.
+TOLERANCE = 1e-4
+
+
+@pytest.mark.parametrize("path", benchmark_networks(), ids=lambda p: str(p.relative_to(BENCHMARKS)))
+def test_benchmark_network_matches_onnxruntime(path):
+    graph = load_model(path, check=False)
+    x = torch.rand(3, graph.input_size, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    with torch.no_grad():
+        ours = graph.forward_flat(x).double().numpy()
+    reference = evaluate(path, graph, x.numpy())
+    assert ours.shape == reference.shape
+    assert np.abs(ours - reference).max() <= TOLERANCE * (1 + np.abs(reference).max())
+
+
+def _save(tmp_path, nodes, inputs, outputs, initializers=(), name="model.onnx", opset=13):
+    graph = helper.make_graph(nodes, "g", inputs, outputs, initializer=list(initializers))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    path = tmp_path / name
+    onnx.save(model, path)
+    return path
+
+
+def test_unsupported_ops_are_reported_together_with_node_names(tmp_path):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    nodes = [helper.make_node("Erf", ["x"], ["a"], name="erf_1"),
+             helper.make_node("Relu", ["a"], ["b"], name="relu_1"),
+             helper.make_node("Sin", ["b"], ["y"], name="sin_1")]
+    path = _save(tmp_path, nodes, [x], [y])
+    with pytest.raises(ModelError) as caught:
+        load_model(path)
+    message = str(caught.value)
+    assert "Erf" in message and "'erf_1'" in message and "Sin" in message and "'sin_1'" in message
+    assert str(path) in message and "plugin" in message
+
+
+def test_corrupt_and_truncated_files(tmp_path):
+    good = BENCHMARKS / "test" / "test_tiny.onnx"
+    truncated = tmp_path / "truncated.onnx"
+    truncated.write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"this is not a protobuf \x00\xff" * 10)
+    for path in (truncated, garbage):
+        with pytest.raises(ModelError) as caught:
+            load_model(path)
+        assert str(path) in str(caught.value)
+    with pytest.raises(ModelError, match="file not found"):
+        load_model(tmp_path / "missing.onnx")
+
+
+def test_legacy_initializers_listed_as_inputs_pick_the_real_input():
+    graph = load_model(BENCHMARKS / "acasxu" / "ACASXU_run2a_1_1_batch_2000.onnx")
+    assert graph.input_name == "input" and graph.input_shape == (1, 1, 1, 5)
+    assert graph.output_size == 5
+
+
+def test_forward_mismatch_is_an_error(tmp_path, monkeypatch):
+    import verikit.onnx_runtime as runtime
+
+    path = BENCHMARKS / "test" / "test_small.onnx"
+    graph = load_model(path, check=False)
+    monkeypatch.setattr(runtime, "evaluate", lambda p, g, x: np.ones((len(x), g.output_size)) * 1e3)
+    with pytest.raises(ModelError, match="differs from onnxruntime"):
+        runtime.check_against_onnxruntime(graph, path)
