@@ -1,0 +1,97 @@
+"""The command line: verdicts, result files, and one clear message (exit 2, no traceback) on bad input."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from conftest import BENCHMARKS
+from verikit.cli import main
+
+TEST = BENCHMARKS / "test"
+ACAS = BENCHMARKS / "acasxu"
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_verify_writes_result_file(tmp_path, benchmarks):
+    out = tmp_path / "result.txt"
+    result = invoke("verify", TEST / "test_tiny.onnx", TEST / "test_tiny.vnnlib", "--timeout", 20,
+                    "--results", out)
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().splitlines()[-1] == "unsat"
+    assert out.read_text() == "unsat\n"
+
+
+def test_verify_sat_prints_counterexample(benchmarks):
+    result = invoke("verify", TEST / "test_sat.onnx", TEST / "test_prop.vnnlib", "--timeout", 20)
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().splitlines()[-1] == "sat"
+    assert "(X_0 " in result.output and "(Y_4 " in result.output
+
+
+def test_corrupt_model_is_one_clear_error(tmp_path, benchmarks):
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes((TEST / "test_small.onnx").read_bytes()[:100])
+    result = invoke("verify", broken, TEST / "test_small.vnnlib")
+    assert result.exit_code == 2
+    assert "error:" in result.output and str(broken) in result.output and "fix:" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_spec_shape_mismatch(benchmarks):
+    result = invoke("verify", TEST / "test_tiny.onnx", TEST / "test_prop.vnnlib")
+    assert result.exit_code == 2
+    assert "test_prop.vnnlib" in result.output and "Traceback" not in result.output
+
+
+def test_malformed_vnnlib_names_line_and_column(tmp_path, benchmarks):
+    spec = tmp_path / "bad.vnnlib"
+    spec.write_text("(declare-const X_0 Real)\n(declare-const Y_0 Real)\n(assert (<= X_0 1)\n")
+    out = tmp_path / "result.txt"
+    result = invoke("verify", TEST / "test_tiny.onnx", spec, "--results", out)
+    assert result.exit_code == 2
+    assert str(spec) in result.output and "line" in result.output
+    assert out.read_text().startswith("error")
+
+
+def test_bad_yaml(tmp_path, benchmarks):
+    spec = tmp_path / "bad.yaml"
+    spec.write_text("epsilon: [0.1\nnorm: inf\n")
+    result = invoke("verify", TEST / "test_tiny.onnx", spec)
+    assert result.exit_code == 2 and str(spec) in result.output and "Traceback" not in result.output
+
+
+def test_unknown_method_lists_choices(benchmarks):
+    result = invoke("verify", TEST / "test_tiny.onnx", TEST / "test_tiny.vnnlib", "--method", "magic")
+    assert result.exit_code == 2 and "magic" in result.output and "ibp" in result.output
+
+
+def test_bound_json(benchmarks):
+    import json
+
+    result = invoke("bound", TEST / "test_small.onnx", TEST / "test_small.vnnlib", "--json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)["rows"]
+    assert len(rows) == 1 and rows[0]["lower"] > 0  # IBP refutes test_small's single row
+
+
+def test_real_entry_point_debug_shows_traceback(tmp_path, benchmarks):
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"nonsense")
+    plain = subprocess.run([sys.executable, "-m", "verikit.cli", "verify", str(broken), str(TEST / "test_tiny.vnnlib")],
+                           capture_output=True, text=True)
+    assert plain.returncode == 2 and "Traceback" not in plain.stderr and str(broken) in plain.stderr
+    debug = subprocess.run([sys.executable, "-m", "verikit.cli", "verify", str(broken),
+                            str(TEST / "test_tiny.vnnlib"), "--debug"], capture_output=True, text=True)
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+@pytest.mark.parametrize("command", ["verify", "bound", "plugins"])
+def test_help_teaches_with_an_example(command):
+    result = invoke(command, "--help")
+    assert result.exit_code == 0 and "Example" in result.output
