@@ -153,6 +153,62 @@ def bound(model, spec, method, as_json) -> None:
 
 
 @main.command()
+@click.argument("suite", type=click.Path(dir_okay=False))
+@click.option("--out", default="results.csv", show_default=True, type=click.Path(dir_okay=False),
+              help="Results CSV; instances already in it are skipped (resumable).")
+@click.option("--results-dir", type=click.Path(file_okay=False), help="Write one VNN-COMP result file per instance here.")
+@click.option("--timeout-cap", type=float, help="At most this many seconds an instance (default: the csv's).")
+@click.option("--method", "-m", "methods", multiple=True, help="Bound methods, as for verify.")
+@click.option("--attack", default="pgd", show_default=True, help="Attack method; 'none' to skip.")
+@click.option("--complete", default="bab", show_default=True, help="Complete method; 'none' to skip.")
+@click.option("--workers", default=1, show_default=True, help="Local worker processes (one instance each).")
+@click.option("--scheduler", help="Address of a Dask distributed scheduler to run instances on instead.")
+@click.option("--limit", type=int, help="Only the first N instances.")
+@handles_errors
+def run(suite, out, results_dir, timeout_cap, methods, attack, complete, workers, scheduler, limit) -> None:
+    """Verify every instance of a SUITE csv (VNN-COMP `onnx,vnnlib,timeout` rows, or an instances.csv
+    with an `expected` column) and summarise verdicts, times and agreement with the expected answers.
+
+    \b
+    Example:
+      verikit run ../shared/benchmarks/acasxu/instances.csv --timeout-cap 30 --out acas.csv
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from verikit.suite import SuiteOptions, done_instances, read_instances, run_suite, summarize
+
+    instances = read_instances(suite)[:limit]
+    options = SuiteOptions(timeout_cap=timeout_cap, methods=tuple(methods) or None,
+                           attack=None if attack == "none" else attack,
+                           complete=None if complete == "none" else complete, workers=workers,
+                           results_dir=Path(results_dir) if results_dir else None, scheduler=scheduler)
+    console = _console()
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task(Path(suite).parent.name or "suite", total=len(instances))
+        already = done_instances(Path(out))
+        progress.update(task, completed=sum((i.onnx, i.vnnlib) in already for i in instances))
+
+        def advance(record: dict) -> None:
+            name = f"{Path(record['onnx']).stem} {Path(record['vnnlib']).stem}"
+            progress.console.print(f"{record['verdict']:>8} {float(record['seconds']):7.2f} s  {name}"
+                                   + ("  CONTRADICTS expected " + record["expected"] if record["agreement"] == "no" else ""))
+            progress.advance(task)
+
+        run_suite(instances, out, options, on_result=advance)
+    summary = summarize(out)
+    from rich.table import Table
+
+    table = Table("verdict", "count", title=f"{summary['instances']} instances, {summary['seconds']:.1f} s")
+    for verdict, count in sorted(summary["counts"].items()):
+        table.add_row(verdict, str(count))
+    table.add_row("contradictions", str(len(summary["contradictions"])))
+    console.print(table)
+    if summary["contradictions"]:
+        sys.exit(1)
+
+
+@main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @handles_errors
 def plugins(as_json) -> None:
