@@ -1,0 +1,1 @@
+"""An example third-party verikit plugin: one layer rule, registered through an entry point."""

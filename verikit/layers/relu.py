@@ -1,0 +1,103 @@
+"""Relu and LeakyRelu: piecewise-linear activations and their per-neuron relaxations (seed-papers 1.3).
+
+Both are f(z) = max(z, alpha * z) with 0 <= alpha <= 1 (alpha = 0 for Relu), a convex function. On an
+unstable interval l < 0 < u the chord from (l, f(l)) to (u, f(u)) is the tightest upper line, and every
+line through the origin with a slope in [alpha, 1] is a lower line; the relaxation mode picks that slope:
+  "same-slope"  the chord's slope (Fast-Lin),   "adaptive"  1 if u >= -l else alpha (CROWN),
+  "zero"        alpha (CNN-Cert-Zero),          "optimizable"  the given slope clamped into [alpha, 1].
+Stable neurons are exact: slope alpha when u <= 0, slope 1 when l >= 0.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from verikit.bounds import Interval, Relaxation
+from verikit.graph import NodeInfo
+from verikit.hookspecs import hookimpl
+from verikit.layers.base import RELAXATION_MODES, ElementwiseRule
+
+
+def leaky_relu_relaxation(bound: Interval, alpha: float, mode: str = "adaptive",
+                          lower_slope: torch.Tensor | None = None) -> Relaxation:
+    """Lines sandwiching max(z, alpha z) on [bound.lower, bound.upper], per neuron (see module doc)."""
+    if mode not in RELAXATION_MODES:
+        raise ValueError(f"unknown relaxation mode '{mode}'; choose one of {', '.join(RELAXATION_MODES)}")
+    lower, upper = bound.lower, bound.upper
+    inactive = upper <= 0
+    active = (lower >= 0) & ~inactive
+    unstable = ~inactive & ~active
+    width = torch.where(unstable, upper - lower, torch.ones_like(lower))
+    chord = torch.where(unstable, (upper - alpha * lower) / width, torch.zeros_like(lower))
+    stable_slope = torch.where(active, torch.ones_like(lower), torch.full_like(lower, alpha))
+
+    upper_slope = torch.where(unstable, chord, stable_slope)
+    upper_intercept = torch.where(unstable, (alpha - chord) * lower, torch.zeros_like(lower))
+    chosen = _unstable_lower_slope(lower, upper, alpha, chord, mode, lower_slope)
+    lower_slope_out = torch.where(unstable, chosen, stable_slope)
+    return Relaxation(lower_slope_out, torch.zeros_like(lower_slope_out), upper_slope, upper_intercept)
+
+
+def _unstable_lower_slope(lower: torch.Tensor, upper: torch.Tensor, alpha: float, chord: torch.Tensor,
+                          mode: str, lower_slope: torch.Tensor | None) -> torch.Tensor:
+    """The lower line's slope for unstable neurons, by relaxation mode (always within [alpha, 1])."""
+    if mode == "same-slope":
+        return chord
+    if mode == "zero":
+        return torch.full_like(lower, alpha)
+    if mode == "optimizable" and lower_slope is not None:
+        return lower_slope.clamp(min=alpha, max=1.0)
+    return torch.where(upper >= -lower, torch.ones_like(lower), torch.full_like(lower, alpha))
+
+
+class Relu(ElementwiseRule):
+    """ONNX Relu: y = max(z, 0)."""
+
+    op_types = ("Relu",)
+
+    @classmethod
+    def build(cls, node: NodeInfo) -> "Relu":
+        return cls(node)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x)
+
+    def relax(self, bound: Interval, mode: str = "adaptive",
+              lower_slope: torch.Tensor | None = None) -> Relaxation:
+        return leaky_relu_relaxation(bound, 0.0, mode, lower_slope)
+
+
+class LeakyRelu(ElementwiseRule):
+    """ONNX LeakyRelu: y = z for z >= 0 and alpha * z below, for 0 <= alpha <= 1 (default 0.01)."""
+
+    op_types = ("LeakyRelu",)
+
+    def __init__(self, node: NodeInfo, alpha: float):
+        super().__init__(node)
+        self.alpha = alpha
+
+    @classmethod
+    def build(cls, node: NodeInfo) -> "LeakyRelu":
+        alpha = float(node.attributes.get("alpha", 0.01))
+        if not 0.0 <= alpha <= 1.0:
+            raise cls.reject(node, f"alpha={alpha} is outside [0, 1], where the activation is not convex",
+                             fix="use a LeakyRelu with 0 <= alpha <= 1")
+        return cls(node, alpha)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.leaky_relu(x, self.alpha)
+
+    def relax(self, bound: Interval, mode: str = "adaptive",
+              lower_slope: torch.Tensor | None = None) -> Relaxation:
+        return leaky_relu_relaxation(bound, self.alpha, mode, lower_slope)
+
+
+# The names other modules' briefs use for these rules.
+ReluRule = Relu
+LeakyReluRule = LeakyRelu
+
+
+@hookimpl
+def verikit_layers(register) -> None:
+    register(Relu)
+    register(LeakyRelu)

@@ -1,0 +1,190 @@
+"""Sigmoid, Tanh, Atan: S-shaped activations and CNN-Cert's tangent/chord relaxation (seed-papers 1.3).
+
+An S-shaped function f is increasing, convex for z <= 0 and concave for z >= 0. On [l, u]:
+  l >= 0  (concave): upper = tangent at the midpoint, lower = chord l -> u;
+  u <= 0  (convex):  upper = chord l -> u,            lower = tangent at the midpoint;
+  l < 0 < u:         upper = the line through (l, f(l)) tangent to f at some d in [0, u], found by
+                     bisection (the chord l -> u when the tangency point would lie beyond u);
+                     lower = the mirror image (through (u, f(u)), tangent at some d in [l, 0]);
+  u - l tiny:        both lines have the midpoint's tangent slope, shifted to touch f's extremes.
+Subclass `SShapedRule` with `function` and `derivative` to get all of this for another S-shaped op (the
+example plugin's Softsign does). Lines are computed in float64 and returned in the bound's dtype.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from verikit.bounds import Interval, Relaxation
+from verikit.graph import NodeInfo
+from verikit.hookspecs import hookimpl
+from verikit.layers.base import RELAXATION_MODES, ElementwiseRule
+
+Function = Callable[[torch.Tensor], torch.Tensor]
+
+BISECTION_STEPS = 30
+TINY_WIDTH = 1e-8  # relative width below which the two-tangent rule replaces chords
+
+
+@dataclass(frozen=True)
+class Line:
+    """Per-neuron lines slope * z + intercept."""
+
+    slope: torch.Tensor
+    intercept: torch.Tensor
+
+
+def tangent(f: Function, df: Function, at: torch.Tensor) -> Line:
+    """The tangent of f at `at`."""
+    slope = df(at)
+    return Line(slope, f(at) - slope * at)
+
+
+def chord(f: Function, start: torch.Tensor, end: torch.Tensor) -> Line:
+    """The line through (start, f(start)) and (end, f(end)); needs end > start."""
+    slope = (f(end) - f(start)) / (end - start)
+    return Line(slope, f(start) - slope * start)
+
+
+def select(condition: torch.Tensor, first: Line, second: Line) -> Line:
+    """`first` where condition holds, `second` elsewhere."""
+    return Line(torch.where(condition, first.slope, second.slope),
+                torch.where(condition, first.intercept, second.intercept))
+
+
+def crossing_upper_line(f: Function, df: Function, lower: torch.Tensor, upper: torch.Tensor) -> Line:
+    """For l < 0 < u: the tangent at d in [0, u] whose line passes (just) above (l, f(l)).
+
+    Bisection keeps `high` where the tangent lies on or above f at l; any such tangent at d >= 0 bounds
+    f from above on [l, u] (concave part: tangent; convex part: checked at its two ends). When even the
+    tangent at u lies below f(l), the chord l -> u is an upper line instead."""
+    f_lower = f(lower)
+
+    def above_at_lower(d: torch.Tensor) -> torch.Tensor:
+        return df(d) * (d - lower) <= f(d) - f_lower
+
+    low, high = torch.zeros_like(upper), upper.clamp(min=0)
+    use_chord = ~above_at_lower(high)
+    for _ in range(BISECTION_STEPS):
+        middle = (low + high) / 2
+        above = above_at_lower(middle)
+        high = torch.where(above, middle, high)
+        low = torch.where(above, low, middle)
+    return select(use_chord, chord(f, lower, upper), tangent(f, df, high))
+
+
+def upper_line(f: Function, df: Function, lower: torch.Tensor, upper: torch.Tensor) -> Line:
+    """An upper line of f on [lower, upper], for lower < upper by a non-tiny margin."""
+    midpoint_tangent = tangent(f, df, (lower + upper) / 2)
+    line = select(upper <= 0, chord(f, lower, upper), crossing_upper_line(f, df, lower, upper))
+    return select(lower >= 0, midpoint_tangent, line)
+
+
+def lower_line(f: Function, df: Function, lower: torch.Tensor, upper: torch.Tensor) -> Line:
+    """A lower line of f on [lower, upper]: the upper line of g(y) = -f(-y) on [-upper, -lower], mirrored."""
+    mirrored = upper_line(lambda y: -f(-y), lambda y: df(-y), -upper, -lower)
+    return Line(mirrored.slope, -mirrored.intercept)
+
+
+def tiny_interval_lines(f: Function, df: Function, lower: torch.Tensor, upper: torch.Tensor,
+                        ) -> tuple[Line, Line]:
+    """Lower and upper lines with the midpoint's tangent slope k, through the extremes of f(z) - k z.
+
+    Those extremes lie at l, u, the midpoint m or -m (where f' = f'(m) again when f' is even, as for
+    every built-in), so the lines are exact for l == u and sound on any short interval."""
+    midpoint = (lower + upper) / 2
+    slope = df(midpoint)
+    points = torch.stack([lower, upper, midpoint, torch.minimum(torch.maximum(-midpoint, lower), upper)])
+    gaps = f(points) - slope * points
+    return Line(slope, gaps.amin(dim=0)), Line(slope, gaps.amax(dim=0))
+
+
+def s_shaped_relaxation(f: Function, df: Function, bound: Interval) -> Relaxation:
+    """CNN-Cert's tangent/chord lines for an S-shaped f on `bound` (module doc), in bound's dtype."""
+    lower, upper = bound.lower.double(), bound.upper.double()
+    tiny = upper - lower <= TINY_WIDTH * (1 + lower.abs() + upper.abs())
+    safe_upper = torch.where(tiny, lower + 1, upper)  # keeps chord divisions finite; tiny rule used there
+    below, above = lower_line(f, df, lower, safe_upper), upper_line(f, df, lower, safe_upper)
+    tiny_below, tiny_above = tiny_interval_lines(f, df, lower, upper)
+    below, above = select(tiny, tiny_below, below), select(tiny, tiny_above, above)
+    dtype = bound.lower.dtype
+    return Relaxation(below.slope.to(dtype), below.intercept.to(dtype),
+                      above.slope.to(dtype), above.intercept.to(dtype))
+
+
+class SShapedRule(ElementwiseRule):
+    """An attribute-free, increasing, S-shaped activation; subclasses give `function` and `derivative`.
+
+    Every relaxation mode gets the same tangent/chord lines ("optimizable" falls back to them too)."""
+
+    @staticmethod
+    def function(z: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    @staticmethod
+    def derivative(z: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    @classmethod
+    def build(cls, node: NodeInfo) -> "SShapedRule":
+        return cls(node)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.function(x)
+
+    def relax(self, bound: Interval, mode: str = "adaptive",
+              lower_slope: torch.Tensor | None = None) -> Relaxation:
+        if mode not in RELAXATION_MODES:
+            raise ValueError(f"unknown relaxation mode '{mode}'; choose one of {', '.join(RELAXATION_MODES)}")
+        return s_shaped_relaxation(self.function, self.derivative, bound)
+
+
+class Sigmoid(SShapedRule):
+    """ONNX Sigmoid: 1 / (1 + exp(-z))."""
+
+    op_types = ("Sigmoid",)
+
+    @staticmethod
+    def function(z: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(z)
+
+    @staticmethod
+    def derivative(z: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(z) * torch.sigmoid(-z)
+
+
+class Tanh(SShapedRule):
+    """ONNX Tanh."""
+
+    op_types = ("Tanh",)
+
+    @staticmethod
+    def function(z: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(z)
+
+    @staticmethod
+    def derivative(z: torch.Tensor) -> torch.Tensor:
+        return torch.cosh(z).pow(-2)
+
+
+class Atan(SShapedRule):
+    """ONNX Atan."""
+
+    op_types = ("Atan",)
+
+    @staticmethod
+    def function(z: torch.Tensor) -> torch.Tensor:
+        return torch.atan(z)
+
+    @staticmethod
+    def derivative(z: torch.Tensor) -> torch.Tensor:
+        return 1 / (1 + z * z)
+
+
+@hookimpl
+def verikit_layers(register) -> None:
+    register(Sigmoid)
+    register(Tanh)
+    register(Atan)
