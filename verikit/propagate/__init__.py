@@ -1,0 +1,1 @@
+"""The bound engines shared by all methods: forward interval propagation and back-substitution."""

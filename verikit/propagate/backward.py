@@ -1,0 +1,198 @@
+"""Generic back-substitution over the graph with dense coefficients (Fast-Lin / CROWN, CNN-Cert 1.2, 1.8).
+
+`backward_bound` pushes linear coefficients on one value back to the network input, node by node in
+reverse topological order, replacing each nonlinearity by its linear relaxation; `compute_bounds` runs
+it layer by layer: first the bounds of every value that feeds a nonlinearity (they define the
+relaxations), then the requested output rows. Bounds live in plain dicts, never on the graph.
+"""
+from __future__ import annotations
+
+from functools import partial
+from math import prod
+from typing import Callable
+
+import torch
+
+from verikit.bounds import Interval, LinearBound, Relaxation
+from verikit.graph import Graph, Node
+from verikit.layers.base import RELAXATION_MODES
+from verikit.region import Box, Region
+
+SIDES = ("both", "lower", "upper")
+
+
+def backward_bound(graph: Graph, region: Region, target: str, coefficients: torch.Tensor,
+                   bounds: dict[str, Interval], mode: str, *, sides: str = "both",
+                   lower_slopes: dict[str, torch.Tensor] | None = None,
+                   relaxations: dict[str, Relaxation] | None = None) -> Interval:
+    """Bounds [B, K] of `coefficients . target` ([B or 1, K, *target_shape]) over the region.
+
+    `bounds` must hold the interval of every input of a nonlinear node upstream of `target`.
+    `sides` skips the unwanted side where that saves work (it comes back as -inf / +inf);
+    `lower_slopes` (output value of a nonlinear node -> tensor) feeds mode "optimizable";
+    `relaxations` (same keys) is a cache, reused and filled, valid as long as `bounds` does not change.
+    """
+    if mode not in RELAXATION_MODES:
+        raise ValueError(f"unknown relaxation mode {mode!r}: use one of {', '.join(RELAXATION_MODES)}")
+    if sides not in SIDES:
+        raise ValueError(f"unknown sides {sides!r}: use one of {', '.join(SIDES)}")
+    nodes = _upstream_in_reverse(graph, target)
+    exact = all(node.linear for node in nodes)  # no relaxation: A alone gives both sides
+    batch, rows = region.batch, coefficients.shape[1]
+    coefficients = coefficients.expand(batch, *coefficients.shape[1:])
+    stacked = {"both": [coefficients, -coefficients], "upper": [coefficients], "lower": [-coefficients]}[sides]
+    pending = {target: coefficients if exact else torch.cat(stacked, dim=1)}
+    bias = torch.zeros(batch, pending[target].shape[1], dtype=coefficients.dtype, device=coefficients.device)
+    relaxations = {} if relaxations is None else relaxations
+    for node in nodes:
+        upper = pending.pop(node.output, None)
+        if upper is None:
+            continue
+        relaxation = None if node.linear else _relaxation(node, bounds, mode, lower_slopes, relaxations)
+        pushed, node_bias = node.rule.backward(upper, relaxation)
+        bias = bias + node_bias
+        for value, part in zip(node.inputs, pushed):
+            pending[value] = pending[value] + part if value in pending else part
+    result = _concretize(graph, region, pending.get(graph.input_name), bias)
+    return result if exact else _split_sides(result.upper, rows, sides)
+
+
+def compute_bounds(graph: Graph, region: Region, coefficients: torch.Tensor, mode: str,
+                   dtype: torch.dtype = torch.float32, intermediate: dict[str, Interval] | None = None,
+                   *, intersect_ibp: bool = True, batch_rows: int = 2048, sides: str = "both",
+                   lower_slopes: dict[str, torch.Tensor] | None = None) -> Interval:
+    """Bounds [B, K] of `coefficients @ output` (coefficients [B or 1, K, n_out]) over the region.
+
+    Intermediate bounds come layer by layer by back-substitution (intersected with interval
+    propagation when `intersect_ibp`); pre-filled entries of `intermediate` are used as given, and
+    every bound computed is written back into it. `batch_rows` caps problems x rows per pass.
+    """
+    device = region_device(region)
+    graph, region = graph.to(dtype, device), region.to(dtype, device)
+    coefficients = coefficients.to(dtype=dtype, device=device)
+    known = {name: Interval(b.lower.to(dtype=dtype, device=device), b.upper.to(dtype=dtype, device=device))
+             for name, b in (intermediate or {}).items()}
+    relaxations: dict[str, Relaxation] = {}
+    bounds = layer_bounds(graph, region, mode, known, intersect_ibp=intersect_ibp, batch_rows=batch_rows,
+                          lower_slopes=lower_slopes, relaxations=relaxations)
+    if intermediate is not None:
+        intermediate.update({name: bounds[name] for name in values_to_relax(graph) if name in bounds})
+    rows = coefficients.reshape(coefficients.shape[0], coefficients.shape[1], *graph.output_shape)
+    result = _bound_in_chunks(graph, region, graph.output_name, lambda start, stop: rows[:, start:stop],
+                              rows.shape[1], bounds, mode, batch_rows,
+                              sides=sides, lower_slopes=lower_slopes, relaxations=relaxations)
+    if intersect_ibp and graph.output_name in bounds:
+        result = result.intersect(interval_of_rows(coefficients, bounds[graph.output_name]))
+    return result
+
+
+def layer_bounds(graph: Graph, region: Region, mode: str, known: dict[str, Interval], *,
+                 intersect_ibp: bool = True, batch_rows: int = 2048,
+                 lower_slopes: dict[str, torch.Tensor] | None = None,
+                 relaxations: dict[str, Relaxation] | None = None) -> dict[str, Interval]:
+    """Bounds of every value feeding a nonlinear node, in topological order (and, with
+    `intersect_ibp`, the interval-propagation bound of every other value too)."""
+    needed = set(values_to_relax(graph))
+    bounds = {graph.input_name: input_interval(graph, region)}
+    for node in graph.nodes:
+        if node.output in known:
+            bounds[node.output] = known[node.output]
+        elif node.output in needed and node.linear:
+            shape = graph.shapes[node.output]
+            rows = partial(_identity_rows, shape, like=bounds[graph.input_name].lower)
+            flat = _bound_in_chunks(graph, region, node.output, rows, prod(shape), bounds, mode, batch_rows,
+                                    lower_slopes=lower_slopes, relaxations=relaxations)
+            bound = Interval(flat.lower.reshape(-1, *shape), flat.upper.reshape(-1, *shape))
+            bounds[node.output] = bound.intersect(_interval_image(node, bounds)) if intersect_ibp else bound
+        elif node.output in needed or intersect_ibp:
+            # an activation's output takes the image of its input interval (CNN-Cert 1.8); with
+            # intersect_ibp every other value gets its interval-propagation bound
+            bounds[node.output] = _interval_image(node, bounds)
+    return bounds
+
+
+def values_to_relax(graph: Graph) -> list[str]:
+    """Names of the values that some nonlinear node consumes (their bounds define its relaxation)."""
+    names = [name for node in graph.nodes if not node.linear for name in node.inputs]
+    return list(dict.fromkeys(names))
+
+
+def input_interval(graph: Graph, region: Region) -> Interval:
+    """The region's bounding box shaped like the graph input, [B, *input_shape]."""
+    box = region.bounding_box()
+    return Interval(box.lower.reshape(-1, *graph.input_shape), box.upper.reshape(-1, *graph.input_shape))
+
+
+def region_device(region: Region) -> torch.device:
+    """The device the region's tensors live on (the computation follows it)."""
+    return (region.lower if isinstance(region, Box) else region.center).device
+
+
+def interval_of_rows(coefficients: torch.Tensor, bound: Interval) -> Interval:
+    """Interval of `coefficients @ y` ([B or 1, K, n]) for y in the box `bound` ([B, *shape])."""
+    lower, upper = bound.lower.flatten(start_dim=1).unsqueeze(1), bound.upper.flatten(start_dim=1).unsqueeze(1)
+    positive, negative = coefficients.clamp(min=0), coefficients.clamp(max=0)
+    return Interval((positive * lower + negative * upper).sum(-1), (positive * upper + negative * lower).sum(-1))
+
+
+def _bound_in_chunks(graph: Graph, region: Region, target: str, rows: Callable[[int, int], torch.Tensor],
+                     count: int, bounds: dict[str, Interval], mode: str, batch_rows: int, **options) -> Interval:
+    """backward_bound over slices rows(start, stop) of the `count` coefficient rows, so that
+    problems x rows stays under `batch_rows`."""
+    step = max(1, batch_rows // region.batch)
+    parts = [backward_bound(graph, region, target, rows(start, min(start + step, count)), bounds, mode, **options)
+             for start in range(0, count, step)]
+    return Interval(torch.cat([p.lower for p in parts], dim=1), torch.cat([p.upper for p in parts], dim=1))
+
+
+def _identity_rows(shape: tuple[int, ...], start: int, stop: int, like: torch.Tensor) -> torch.Tensor:
+    """Rows start..stop of the identity over a value's neurons: [1, stop - start, *shape], in the
+    dtype and device of `like`."""
+    rows = torch.zeros(stop - start, prod(shape), dtype=like.dtype, device=like.device)
+    rows[torch.arange(stop - start), torch.arange(start, stop)] = 1
+    return rows.reshape(1, stop - start, *shape)
+
+
+def _interval_image(node: Node, bounds: dict[str, Interval]) -> Interval:
+    """Interval propagation through one node from the bounds of its inputs."""
+    return node.rule.interval(*(bounds[name] for name in node.inputs))
+
+
+def _upstream_in_reverse(graph: Graph, target: str) -> list[Node]:
+    """The nodes up to and including the producer of `target`, last first."""
+    for index, node in enumerate(graph.nodes):
+        if node.output == target:
+            return graph.nodes[index::-1]
+    return []  # the target is the graph input
+
+
+def _relaxation(node: Node, bounds: dict[str, Interval], mode: str,
+                lower_slopes: dict[str, torch.Tensor] | None, cache: dict[str, Relaxation]) -> Relaxation:
+    """The node's relaxation on its input bounds, computed once per cache (keyed by output value)."""
+    if node.output not in cache:
+        missing = [name for name in node.inputs if name not in bounds]
+        if missing:
+            raise ValueError(f"{node.op_type} node '{node.name}' needs bounds of {missing} to be relaxed")
+        slope = None if lower_slopes is None else lower_slopes.get(node.output)
+        cache[node.output] = node.rule.relax(*(bounds[name] for name in node.inputs), mode=mode, lower_slope=slope)
+    return cache[node.output]
+
+
+def _concretize(graph: Graph, region: Region, coefficients: torch.Tensor | None,
+                bias: torch.Tensor) -> Interval:
+    """Bounds over the region of `coefficients . input + bias` (coefficients None: zero)."""
+    batch, rows = bias.shape
+    if coefficients is None:
+        return Interval(bias, bias)
+    flat = coefficients.expand(batch, *coefficients.shape[1:]).reshape(batch, rows, graph.input_size)
+    return region.concretize(LinearBound(flat, bias))
+
+
+def _split_sides(upper: torch.Tensor, rows: int, sides: str) -> Interval:
+    """Undo the [A; -A] stacking: the lower bound of A.y is minus the upper bound of -A.y."""
+    infinite = torch.full_like(upper[:, :rows], float("inf"))
+    if sides == "upper":
+        return Interval(-infinite, upper)
+    if sides == "lower":
+        return Interval(-upper, infinite)
+    return Interval(-upper[:, rows:], upper[:, :rows])
