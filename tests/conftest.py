@@ -29,3 +29,11 @@ def benchmarks() -> Path:
     if not BENCHMARKS.is_dir():
         pytest.skip(f"benchmark folder {BENCHMARKS} is not beside the checkout")
     return BENCHMARKS
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Small nets run far faster on one thread, and CI machines are shared: use one everywhere."""
+    import torch
+
+    torch.set_num_threads(1)

@@ -21,8 +21,12 @@ class OutputClause:
     rhs: torch.Tensor
 
     def slack(self, outputs: torch.Tensor) -> torch.Tensor:
-        """Largest row violation `c . y - d` per output row of outputs [..., n_out]: <= 0 means satisfied."""
-        return (outputs @ self.coefficients.T.to(outputs.dtype) - self.rhs.to(outputs.dtype)).amax(-1)
+        """Largest row violation `c . y - d` per output row of outputs [..., n_out]: <= 0 means satisfied.
+        A clause with no rows always holds: its slack is -inf."""
+        values = outputs @ self.coefficients.T.to(outputs.dtype) - self.rhs.to(outputs.dtype)
+        if values.shape[-1] == 0:
+            return values.new_full(values.shape[:-1], float("-inf"))
+        return values.amax(-1)
 
 
 @dataclass(frozen=True)
