@@ -130,13 +130,18 @@ class ElementwiseRule(LayerRule):
 
     def backward(self, coefficients: torch.Tensor, relaxation: Relaxation | None = None,
                  ) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """Upper bound: positive coefficients take the upper line, negative ones the lower line."""
+        """Upper bound: positive coefficients take the upper line, negative ones the lower line.
+
+        Written as  A * lower + A+ * (upper - lower)  so each term is one pass over the coefficients."""
         if relaxation is None:
             raise ValueError(f"{type(self).__name__}.backward needs a relaxation")
-        rows = coefficients.dim() - relaxation.upper_slope.dim()
-        shape = relaxation.upper_slope.shape[:1] + (1,) * rows + relaxation.upper_slope.shape[1:]
-        view = lambda t: t.reshape(shape)  # noqa: E731  [B, *s] -> [B, 1, *s]
-        positive, negative = coefficients.clamp(min=0), coefficients.clamp(max=0)
-        pushed = positive * view(relaxation.upper_slope) + negative * view(relaxation.lower_slope)
-        bias = positive * view(relaxation.upper_intercept) + negative * view(relaxation.lower_intercept)
-        return [pushed], bias.flatten(start_dim=coefficients.dim() - len(relaxation.upper_slope.shape[1:])).sum(-1)
+        batch = relaxation.upper_slope.shape[0]
+        a = coefficients.reshape(coefficients.shape[0], coefficients.shape[1], -1)  # [B, K, N]
+        flat = lambda t: t.reshape(batch, -1, 1)  # noqa: E731  [B, *s] -> [B, N, 1]
+        positive = a.clamp(min=0)
+        lower_slope = flat(relaxation.lower_slope).transpose(1, 2)
+        slope_gap = flat(relaxation.upper_slope - relaxation.lower_slope).transpose(1, 2)
+        pushed = torch.addcmul(a * lower_slope, positive, slope_gap)
+        bias = (a @ flat(relaxation.lower_intercept)
+                + positive @ flat(relaxation.upper_intercept - relaxation.lower_intercept)).squeeze(-1)
+        return [pushed.reshape(coefficients.shape)], bias
