@@ -46,9 +46,21 @@ def handles_errors(command):
     return wrapper
 
 
+def use_threads() -> None:
+    """Set torch's CPU threads from VERIKIT_THREADS (default 1: the small networks of verification
+    run fastest single-threaded, and suites run one process per core instead)."""
+    import os
+
+    import torch
+
+    torch.set_num_threads(max(1, int(os.environ.get("VERIKIT_THREADS", "1"))))
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="verikit")
-def main() -> None:
+@click.option("--threads", type=int, envvar="VERIKIT_THREADS", default=1, show_default=True,
+              help="torch CPU threads per process (also VERIKIT_THREADS).")
+def main(threads: int) -> None:
     """verikit: prove or refute properties of neural networks.
 
     \b
@@ -57,6 +69,9 @@ def main() -> None:
       verikit bound net.onnx prop.vnnlib --method ibp
       verikit plugins
     """
+    import os
+
+    os.environ["VERIKIT_THREADS"] = str(threads)
 
 
 @main.command()
@@ -88,6 +103,7 @@ def verify(model, spec, methods, attack, complete, timeout, results, no_check, q
     from verikit.results import format_result, write_result
     from verikit.verify import VerifyOptions, verify as run_verify
 
+    use_threads()
     console = _console()
     try:
         with console.status("loading model", spinner="dots") as status:
@@ -129,6 +145,7 @@ def bound(model, spec, method, as_json) -> None:
     """
     from verikit.api import bound as compute, load_model, load_spec
 
+    use_threads()
     graph = load_model(model)
     prop = load_spec(spec, graph)
     results = compute(graph, prop, method=method)
@@ -177,6 +194,7 @@ def run(suite, out, results_dir, timeout_cap, methods, attack, complete, workers
 
     from verikit.suite import SuiteOptions, done_instances, read_instances, run_suite, summarize
 
+    use_threads()
     instances = read_instances(suite)[:limit]
     options = SuiteOptions(timeout_cap=timeout_cap, methods=tuple(methods) or None,
                            attack=None if attack == "none" else attack,

@@ -71,15 +71,17 @@ def agreement(verdict: str, expected: str) -> str:
 
 def run_instance(instance: Instance, options: SuiteOptions) -> dict:
     """Verify one instance (model load included in the time) and write its result file."""
+    import os
+
     import torch
 
+    torch.set_num_threads(max(1, int(os.environ.get("VERIKIT_THREADS", "1"))))
     from verikit.api import load_model, load_spec
     from verikit.errors import VerikitError
     from verikit.methods.base import Verdict
     from verikit.results import write_result
     from verikit.verify import VerifyOptions, verify
 
-    torch.set_num_threads(1) if options.workers > 1 else None
     start = time.monotonic()
     timeout = min(instance.timeout, options.timeout_cap or instance.timeout)
     try:
