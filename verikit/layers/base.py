@@ -114,7 +114,10 @@ def transpose_by_autograd(rule: LinearRule, coefficients: torch.Tensor,
     with torch.enable_grad():
         output = rule.forward(*inputs)
         offset = output.detach()
-        grads = torch.autograd.grad(output, inputs, grad_outputs=flat, allow_unused=True)
+        # create_graph keeps the result differentiable in the coefficients (alpha-CROWN needs that)
+        # the gradient of the scalar <output, A> (not grad_outputs=A, whose path imports sympy: slow start-up)
+        grads = torch.autograd.grad((output * flat).sum(), inputs, allow_unused=True,
+                                    create_graph=flat.requires_grad)
     pushed = [(g if g is not None else torch.zeros_like(x)).reshape(*lead, *x.shape[1:])
               for g, x in zip(grads, inputs)]
     bias = (flat * offset).reshape(flat.shape[0], -1).sum(dim=1).reshape(lead)

@@ -18,6 +18,7 @@ from verikit.hookspecs import hookimpl
 from verikit.layers.base import LayerRule, LinearRule
 from verikit.layers.conv import torch_pads
 from verikit.layers.linear import as_tensor, text
+from verikit.lp.encode import LPModel, moved_indices
 
 
 def int_list(node: NodeInfo, key: str, index: int) -> list[int] | None:
@@ -89,6 +90,15 @@ class Reshape(LinearRule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.reshape(x.shape[0], *self.output_shape)
 
+    def backward(self, coefficients: torch.Tensor, relaxation=None) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Coefficients move back with the entries: the same reshape, inverted."""
+        lead = coefficients.shape[: coefficients.dim() - len(self.output_shape)]
+        return [coefficients.reshape(*lead, *self.input_shapes[0])], coefficients.new_zeros(lead)
+
+    def encode_lp(self, model: LPModel, inputs: list[np.ndarray], bounds: list) -> np.ndarray:
+        """No rows: the output's variables are the input's, moved."""
+        return moved_indices(self.forward, inputs[0])
+
 
 class Transpose(LinearRule):
     """A permutation of the ONNX dims (default: reversed); the sample dim stays first."""
@@ -111,6 +121,17 @@ class Transpose(LinearRule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.permute(0, *(p + 1 for p in self.perm))
 
+    def backward(self, coefficients: torch.Tensor, relaxation=None) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The inverse permutation on the value dims (after the [B, K] lead)."""
+        lead = coefficients.dim() - len(self.perm)
+        inverse = [self.perm.index(axis) for axis in range(len(self.perm))]
+        pushed = coefficients.permute(*range(lead), *(lead + i for i in inverse))
+        return [pushed], coefficients.new_zeros(coefficients.shape[:lead])
+
+    def encode_lp(self, model: LPModel, inputs: list[np.ndarray], bounds: list) -> np.ndarray:
+        """No rows: the output's variables are the input's, moved."""
+        return moved_indices(self.forward, inputs[0])
+
 
 class Identity(LinearRule):
     """Identity, and Dropout at inference (a training_mode input must be a constant false)."""
@@ -128,6 +149,18 @@ class Identity(LinearRule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x
+
+    def backward(self, coefficients: torch.Tensor, relaxation=None) -> tuple[list[torch.Tensor], torch.Tensor]:
+        lead = coefficients.shape[: coefficients.dim() - len(self.output_shape)]
+        return [coefficients], coefficients.new_zeros(lead)
+
+    def encode_lp(self, model: LPModel, inputs: list[np.ndarray], bounds: list) -> np.ndarray:
+        """No rows: the output's variables are the input's, moved."""
+        return moved_indices(self.forward, inputs[0])
+
+    def backward_patches(self, patches, relaxation=None):
+        """`backward` on CNN-Cert window coefficients: unchanged."""
+        return [patches], patches.zero_bias()
 
 
 class Concat(LinearRule):
@@ -155,6 +188,13 @@ class Concat(LinearRule):
         n = inputs[0].shape[0]
         parts = [next(computed) if p is None else p.expand(n, *p.shape) for p in self.pieces]
         return torch.cat(parts, dim=self.axis + 1)
+
+    def encode_lp(self, model: LPModel, inputs: list[np.ndarray], bounds: list) -> np.ndarray:
+        """No rows: the inputs' variables side by side, constant parts as fixed variables."""
+        computed = iter(inputs)
+        parts = [next(computed) if p is None else model.variables(p.double().numpy(), p.double().numpy())
+                 for p in self.pieces]
+        return np.concatenate(parts, axis=self.axis)
 
     def to(self, dtype: torch.dtype, device: str | torch.device = "cpu") -> "Concat":
         clone = super().to(dtype, device)
@@ -209,6 +249,10 @@ class Slice(LinearRule):
                 x = x.index_select(dim, torch.tensor(cut, dtype=torch.long, device=x.device))
         return x
 
+    def encode_lp(self, model: LPModel, inputs: list[np.ndarray], bounds: list) -> np.ndarray:
+        """No rows: the output's variables are the input's, moved."""
+        return moved_indices(self.forward, inputs[0])
+
 
 class Pad(LinearRule):
     """Constant-mode padding (pads may be negative: cropping); a nonzero fill value is the offset.
@@ -257,6 +301,12 @@ class Pad(LinearRule):
 
     def absolute(self, radius: torch.Tensor) -> torch.Tensor:
         return self._pad(radius, 0.0)
+
+    def encode_lp(self, model: LPModel, inputs: list[np.ndarray], bounds: list) -> np.ndarray:
+        """No rows: the input's variables moved into place, padding one variable fixed to the fill value."""
+        moved = moved_indices(lambda x: self._pad(x, -1.0), inputs[0])
+        moved[moved < 0] = model.constant(self.value)
+        return moved
 
 
 @hookimpl
