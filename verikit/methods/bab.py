@@ -1,5 +1,7 @@
 """`bab`: complete verification by branch and bound (Bunel et al. 2018; Wang et al. 2021).
 
+Larger inputs are split by ReLU phases instead (verikit.methods.relu_split).
+
 Input splitting (for low-dimensional inputs, e.g. ACAS Xu's 5): a domain is a sub-box of a region
 with the clauses not yet refuted in it. Batches of domains are bounded at once with a bound method;
 a clause is refuted in a domain when one of its rows has a positive lower bound. Open domains are
@@ -18,6 +20,7 @@ import torch
 from verikit.graph import Graph
 from verikit.hookspecs import hookimpl
 from verikit.methods.base import Method, Verdict
+from verikit.methods.relu_split import split_relus
 from verikit.plugins import get_method
 from verikit.region import Box, LpBall
 from verikit.spec.property import Property, RegionSpec
@@ -26,19 +29,26 @@ from verikit.spec.property import Property, RegionSpec
 @dataclass
 class BaBOptions:
     """bound_method: bounds each batch of domains; batch: domains bounded at once; max_inputs: the
-    largest input dimension split directly (larger inputs are left `unknown` by this method);
-    max_domains: a memory cap on the queue."""
+    largest input dimension split directly (larger inputs go to ReLU splitting, relu_split.py);
+    max_domains: a memory cap on the queue. relu_*: the ReLU-splitting counterparts (parents split at
+    once, alpha-CROWN steps per bounding (1: plain CROWN), queue cap, PGD starts per batch, rows per
+    backward pass of the intermediate bounds)."""
 
     bound_method: str = "crown"
     batch: int = 512
     max_inputs: int = 16
     max_domains: int = 2_000_000
+    relu_batch: int = 256
+    relu_alpha_steps: int = 5
+    relu_max_domains: int = 200_000
+    relu_attack_points: int = 16
+    relu_batch_rows: int = 65_536
 
 
 class BranchAndBound(Method):
     name = "bab"
     kind = "complete"
-    summary = "branch and bound over input splits with crown bounds and attacks on open domains"
+    summary = "branch and bound over input splits (small inputs) or ReLU splits, with attacks on open domains"
     Options = BaBOptions
     needs = ("forward", "interval", "backward", "relax")
 
@@ -46,12 +56,10 @@ class BranchAndBound(Method):
                deadline: float | None = None) -> Verdict:
         options = options or BaBOptions()
         deadline = deadline if deadline is not None else time.monotonic() + 60
-        if prop.n_inputs > options.max_inputs:
-            return Verdict("unknown", method=self.name,
-                           detail=f"input splitting handles up to {options.max_inputs} inputs, not {prop.n_inputs}")
+        split = _split_inputs if prop.n_inputs <= options.max_inputs else split_relus
         statuses = []
         for spec in prop.regions:
-            verdict = _split_inputs(graph, prop, spec, options, deadline)
+            verdict = split(graph, prop, spec, options, deadline)
             if verdict.status == "sat":
                 return verdict
             statuses.append(verdict)
@@ -96,11 +104,7 @@ def _split_inputs(graph: Graph, prop: Property, spec: RegionSpec, options: BaBOp
     """Branch and bound over one region's input box."""
     from verikit.verify import confirm
 
-    method = get_method(options.bound_method)
-    method_options = _wide_batches(method)
-    rows = torch.cat([c.coefficients for c in spec.clauses]).float()
-    rhs = torch.cat([c.rhs for c in spec.clauses]).double()
-    owner = torch.cat([torch.full((c.coefficients.shape[0],), i) for i, c in enumerate(spec.clauses)])
+    bounder = _RowBounder(graph, spec, get_method(options.bound_method))
     root = _root_box(spec)
     queue = _Domains(root.lower, root.upper, torch.ones(1, len(spec.clauses), dtype=torch.bool))
     graph64 = graph.to(torch.float64)
@@ -109,11 +113,8 @@ def _split_inputs(graph: Graph, prop: Property, spec: RegionSpec, options: BaBOp
         if time.monotonic() >= deadline:
             return Verdict("timeout", method="bab", detail=f"{len(queue)} domains open after {bounded} bounded")
         batch = queue.pop(min(options.batch, len(queue)))
-        lower_bound = method.bound(graph, Box(batch.lower.float(), batch.upper.float()), rows.unsqueeze(0),
-                                   method_options).lower
+        refuted, sensitivity = bounder.refute(batch)
         bounded += len(batch)
-        refuted_rows = (lower_bound.double() - rhs) > 0
-        refuted = _clauses_refuted(refuted_rows, owner, batch.open.shape[1])
         batch.open &= ~refuted
         alive = batch.open.any(1)
         batch = _Domains(batch.lower[alive], batch.upper[alive], batch.open[alive])
@@ -127,8 +128,51 @@ def _split_inputs(graph: Graph, prop: Property, spec: RegionSpec, options: BaBOp
                 return verdict
         if len(queue) + 2 * len(batch) > options.max_domains:
             return Verdict("unknown", method="bab", detail="domain limit reached")
-        queue.push(_split(graph64, spec, batch))
+        sensitivity = sensitivity[alive] if sensitivity is not None else _forward_sensitivity(graph64, spec, batch)
+        queue.push(_split(batch, sensitivity))
     return Verdict("unsat", method="bab", detail=f"{bounded} domains bounded")
+
+
+class _RowBounder:
+    """Lower bounds of a region's clause rows over batches of sub-boxes. With an engine method
+    (crown, fast-lin) it also returns each domain's input coefficients of its most promising row per
+    open clause: splitting input i then gains about |coefficient_i| x width_i (the "sb" score)."""
+
+    ENGINE_MODES = {"crown": "adaptive", "fast-lin": "same-slope"}
+
+    def __init__(self, graph: Graph, spec: RegionSpec, method: Method):
+        self.graph, self.method = graph, method
+        self.mode = self.ENGINE_MODES.get(method.name)
+        self.rows = torch.cat([c.coefficients for c in spec.clauses]).float().unsqueeze(0)
+        self.rhs = torch.cat([c.rhs for c in spec.clauses]).float()
+        self.owner = torch.cat([torch.full((c.coefficients.shape[0],), i) for i, c in enumerate(spec.clauses)])
+        self.clauses = len(spec.clauses)
+
+    def refute(self, domains: "_Domains") -> tuple[torch.Tensor, torch.Tensor | None]:
+        """[D, clauses] refuted flags, and [D, n] split sensitivities (None without the engine)."""
+        lower, upper = domains.lower.float(), domains.upper.float()
+        if self.mode is None:
+            bound = self.method.bound(self.graph, Box(lower, upper), self.rows, _wide_batches(self.method)).lower
+            return self._refuted(bound.detach() - self.rhs), None
+        from verikit.propagate.backward import compute_bounds
+
+        intermediate: dict = {}
+        with torch.no_grad():  # intermediate bounds once, without a graph for autograd
+            compute_bounds(self.graph, Box(lower, upper), self.rows[:, :1], self.mode, intermediate=intermediate,
+                           batch_rows=1 << 30, sides="lower")
+        center = ((lower + upper) / 2).requires_grad_(True)
+        radius = (upper - lower) / 2
+        bound = compute_bounds(self.graph, Box(center - radius, center + radius), self.rows, self.mode,
+                               intermediate=intermediate, batch_rows=1 << 30, sides="lower").lower - self.rhs
+        refuted = self._refuted(bound.detach())
+        promising = torch.stack([bound[:, self.owner == k].max(1).values for k in range(self.clauses)], 1)
+        open_after = domains.open & ~refuted
+        (coefficients,) = torch.autograd.grad((promising * open_after).sum(), center)
+        return refuted, coefficients.abs().double()
+
+    def _refuted(self, margins: torch.Tensor) -> torch.Tensor:
+        """A clause is refuted when any of its rows has a positive lower bound."""
+        return torch.stack([(margins[:, self.owner == k] > 0).any(1) for k in range(self.clauses)], 1)
 
 
 def _wide_batches(method: Method):
@@ -137,14 +181,6 @@ def _wide_batches(method: Method):
     if hasattr(options, "batch_rows"):
         options = dataclasses.replace(options, batch_rows=1 << 30)
     return options
-
-
-def _clauses_refuted(refuted_rows: torch.Tensor, owner: torch.Tensor, clauses: int) -> torch.Tensor:
-    """[D, clauses]: a clause is refuted when any of its rows is."""
-    result = torch.zeros(refuted_rows.shape[0], clauses, dtype=torch.bool)
-    for clause in range(clauses):
-        result[:, clause] = refuted_rows[:, owner == clause].any(1)
-    return result
 
 
 def _violation(graph64: Graph, spec: RegionSpec, points: torch.Tensor, open_clauses: torch.Tensor) -> torch.Tensor:
@@ -168,16 +204,20 @@ def _probe(graph64: Graph, spec: RegionSpec, domains: _Domains):
         return centers[best], graph64.forward_flat(centers[best:best + 1])[0]
 
 
-def _split(graph64: Graph, spec: RegionSpec, domains: _Domains) -> _Domains:
-    """Halve every domain along the input with the largest |gradient| x width at its centre."""
+def _forward_sensitivity(graph64: Graph, spec: RegionSpec, domains: _Domains) -> torch.Tensor:
+    """|gradient| of the best open clause's violation at each domain centre: [D, n]."""
     centers = ((domains.lower + domains.upper) / 2).requires_grad_(True)
     violation = _violation(graph64, spec, centers, domains.open)
     (gradient,) = torch.autograd.grad(violation.clamp(max=1e6).sum(), centers)
+    return gradient.abs()
+
+
+def _split(domains: _Domains, sensitivity: torch.Tensor) -> _Domains:
+    """Halve every domain along the input with the largest sensitivity x width."""
     width = domains.upper - domains.lower
-    score = gradient.abs() * width + 1e-9 * width  # falls back to the widest input where flat
-    dimension = score.argmax(1)
-    middle = centers.detach().gather(1, dimension.unsqueeze(1)).squeeze(1)
+    dimension = (sensitivity * width + 1e-9 * width).argmax(1)  # the widest input where all are flat
     index = torch.arange(len(domains))
+    middle = (domains.lower[index, dimension] + domains.upper[index, dimension]) / 2
     left_upper, right_lower = domains.upper.clone(), domains.lower.clone()
     left_upper[index, dimension] = middle
     right_lower[index, dimension] = middle
