@@ -91,7 +91,45 @@ def test_real_entry_point_debug_shows_traceback(tmp_path, benchmarks):
     assert debug.returncode != 0 and "Traceback" in debug.stderr
 
 
-@pytest.mark.parametrize("command", ["verify", "bound", "plugins"])
+@pytest.mark.parametrize("command", ["verify", "bound", "plugins", "run", "radius"])
 def test_help_teaches_with_an_example(command):
     result = invoke(command, "--help")
     assert result.exit_code == 0 and "Example" in result.output
+
+
+def test_radius_certifies_below_the_attack(tmp_path):
+    import numpy as np
+    import torch
+
+    from netgen import cnn
+    from verikit.api import load_model
+
+    model = cnn(tmp_path / "cnn.onnx")
+    x = np.random.default_rng(0).uniform(0, 1, (1, 1, 8, 8)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    label = int(load_model(model).forward_flat(torch.from_numpy(x).reshape(1, -1)).argmax())
+    result = invoke("radius", model, "--input", tmp_path / "x.npy", "--label", label, "--method", "crown",
+                    "--domain", 0, 1)
+    assert result.exit_code == 0, result.output
+    certified = float(result.output.strip().splitlines()[-1])
+    attack = float(next(line for line in result.output.splitlines() if "attack radius" in line).split()[-2])
+    assert 0 < certified <= attack
+    wrong = invoke("radius", model, "--input", tmp_path / "x.npy", "--label", 9)
+    assert wrong.exit_code == 2 and "not a class" in wrong.output
+
+
+def test_run_suite_is_resumable(tmp_path, benchmarks):
+    import csv
+
+    suite = tmp_path / "suite.csv"
+    suite.write_text("onnx,vnnlib,timeout_s,expected\n"
+                     f"{TEST / 'test_tiny.onnx'},{TEST / 'test_tiny.vnnlib'},20,unsat\n"
+                     f"{TEST / 'test_sat.onnx'},{TEST / 'test_prop.vnnlib'},20,sat\n")
+    out = tmp_path / "results.csv"
+    first = invoke("run", suite, "--out", out, "--results-dir", tmp_path / "results")
+    assert first.exit_code == 0, first.output
+    rows = list(csv.DictReader(open(out)))
+    assert [r["verdict"] for r in rows] == ["unsat", "sat"] and all(r["agreement"] == "yes" for r in rows)
+    assert (tmp_path / "results" / "test_sat__test_prop.txt").read_text().startswith("sat\n")
+    again = invoke("run", suite, "--out", out)
+    assert again.exit_code == 0 and len(list(csv.DictReader(open(out)))) == 2  # nothing re-run

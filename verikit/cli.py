@@ -66,7 +66,9 @@ def main(threads: int) -> None:
     \b
     Examples:
       verikit verify net.onnx prop.vnnlib --timeout 60 --results out.txt
-      verikit bound net.onnx prop.vnnlib --method ibp
+      verikit bound net.onnx prop.vnnlib --method crown
+      verikit run ../shared/benchmarks/acasxu/instances.csv --timeout-cap 30 --out acas.csv
+      verikit radius net.onnx --input x.npy --label 3 --norm 2 --method cnn-cert
       verikit plugins
     """
     import os
@@ -167,6 +169,61 @@ def bound(model, spec, method, as_json) -> None:
         table.add_row(str(r["region"]), str(r["clause"]), str(r["row"]), f"{r['lower']:.6g}",
                       f"{r['upper']:.6g}", "yes" if r["lower"] > 0 else "")
     _console().print(table)
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--input", "input_path", required=True, type=click.Path(dir_okay=False),
+              help="The clean input as a .npy array (any shape with the model's number of entries).")
+@click.option("--label", required=True, type=int, help="The class the input must keep.")
+@click.option("--target", type=int, help="Only this adversarial class (default: every other class).")
+@click.option("--norm", type=click.Choice(["inf", "2", "1"]), default="inf", show_default=True)
+@click.option("--method", "-m", default="cnn-cert", show_default=True, help="Bound method used to certify.")
+@click.option("--domain", nargs=2, type=float, help="Clip the ball to [LOW, HIGH] per input, e.g. --domain 0 1.")
+@click.option("--steps", default=15, show_default=True, help="Binary-search steps (log space, from 0.05).")
+@click.option("--no-attack", is_flag=True, help="Skip the attack's upper bound.")
+@handles_errors
+def radius(model, input_path, label, target, norm, method, domain, steps, no_attack) -> None:
+    """Certified lower bound on the minimum adversarial distortion around an input (CNN-Cert's
+    log-space binary search), with the smallest distortion the PGD attack finds as an upper bound.
+
+    \b
+    Example:
+      verikit radius net.onnx --input x.npy --label 3 --norm inf --method crown --domain 0 1
+    """
+    import numpy as np
+    import torch
+
+    from verikit.api import load_model
+    from verikit.radius import certified_radius
+
+    use_threads()
+    graph = load_model(model)
+    try:
+        x0 = torch.from_numpy(np.load(input_path)).double().reshape(-1)
+    except (OSError, ValueError) as error:
+        raise VerikitError(f"cannot read the input array: {error}", path=input_path,
+                           fix="save it with numpy.save(path, array)") from None
+    if x0.numel() != graph.input_size:
+        raise VerikitError(f"the input has {x0.numel()} entries but the model takes {graph.input_size}",
+                           path=input_path, fix=f"give an array of shape {list(graph.input_shape)}")
+    for name, value in (("label", label), ("target", target)):
+        if value is not None and not 0 <= value < graph.output_size:
+            raise VerikitError(f"--{name} {value} is not a class of a model with {graph.output_size} outputs",
+                               fix=f"use 0..{graph.output_size - 1}")
+    result = certified_radius(graph, x0, label, target, norm, method, domain=tuple(domain) if domain else None,
+                              steps=steps, attack=not no_attack)
+    from rich.table import Table
+
+    table = Table("quantity", "value", title=f"L{norm} radius around {Path(input_path).name}, label {label}")
+    table.add_row(f"certified ({method})", f"{result.certified:.6g}")
+    table.add_row("upper bracket (did not certify)", f"{result.upper_bracket:.6g}")
+    table.add_row("attack radius (misclassified)", f"{result.attack_radius:.6g}" if not no_attack else "-")
+    table.add_row("seconds (certify / attack)", f"{result.seconds:.2f} / {result.attack_seconds:.2f}")
+    _console().print(table)
+    if result.upper_bracket == 0.0:
+        _console().print(f"note: the model does not classify the input as {label} (radius 0)")
+    click.echo(f"{result.certified:.6g}")
 
 
 @main.command()
