@@ -50,6 +50,15 @@ def bound(model: Graph, region_or_spec: Box | LpBall | Property, method: str = "
     return method_object.bound(model, region_or_spec, coefficients.float(), options)
 
 
+def certified_radius(model: Graph, x0: torch.Tensor, label: int, target: int | None = None, norm: str = "inf",
+                     method: str = "cnn-cert", domain: tuple[float, float] | None = None, **options):
+    """Certified radius around x0 by CNN-Cert's log-space search, with the attack's upper bound
+    (see verikit.radius.certified_radius for every option)."""
+    from verikit.radius import certified_radius as _radius
+
+    return _radius(model, x0, label, target, norm, method, domain=domain, **options)
+
+
 def verify(model: Graph, spec: Property, timeout: float = 60.0, methods: tuple[str, ...] | None = None,
            attack: str | None = "pgd", complete: str | None = "bab") -> Verdict:
     """Decide the spec: `sat` (with a counterexample confirmed by onnxruntime), `unsat`, or

@@ -16,9 +16,14 @@ from verikit.graph import Graph
 FORWARD_TOLERANCE = 1e-4
 
 
-@lru_cache(maxsize=8)
 def session(path: str):
-    """One cached onnxruntime session per model file."""
+    """One cached onnxruntime session per model file (a rewritten file gets a new one)."""
+    stat = Path(path).stat()
+    return _session(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=8)
+def _session(path: str, modified: int, size: int):
     import onnxruntime
 
     options = onnxruntime.SessionOptions()

@@ -16,6 +16,7 @@ from verikit.graph import NodeInfo
 from verikit.hookspecs import hookimpl
 from verikit.layers.base import LayerRule, LinearRule
 from verikit.layers.linear import as_tensor, text
+from verikit.lp.encode import LPModel, sliding_windows
 
 CONVOLUTIONS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 TRANSPOSED = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
@@ -140,6 +141,33 @@ class Conv(LinearRule):
         per_channel = coefficients.flatten(start_dim=coefficients.dim() - spatial).sum(-1)
         bias = (per_channel * self.bias).flatten(start_dim=len(lead)).sum(-1)
         return [pushed], bias
+
+    def backward_patches(self, patches, relaxation: Relaxation | None = None):
+        """`backward` on CNN-Cert window coefficients (verikit.propagate.patches): every window grows by
+        a transposed convolution with the kernel. None (use dense coefficients) for 1-D and 3-D convs."""
+        if len(self.strides) != 2:
+            return None
+        pushed = patches.spread(self.weight, self.strides, self.dilations, self.begins, self.group,
+                                self.input_shapes[0][2:])
+        bias = patches.zero_bias() if self.bias is None else patches.dot(self.bias.reshape(1, 1, -1, 1, 1))
+        return [pushed], bias
+
+    def encode_lp(self, model: LPModel, inputs: list[np.ndarray], bounds: list) -> np.ndarray:
+        """One row per output: y = b + sum over its receptive field (sliding windows of the input's
+        indices, padding dropped) of kernel weight * x."""
+        batch, channels = inputs[0].shape[:2]
+        groups, spatial = self.group, len(self.strides)
+        fields = sliding_windows(inputs[0], self.weight.shape[2:], self.strides, self.dilations, self.begins, self.ends)
+        out = fields.shape[2:2 + spatial]
+        fields = fields.reshape(batch, groups, channels // groups, *out, -1)  # [Nb, G, Cg, *out, K]
+        fields = np.moveaxis(fields, 2, -2).reshape(batch, groups, 1, *out, -1)  # [Nb, G, 1, *out, Cg*K]
+        weight = self.weight.double().numpy().reshape(1, groups, -1, *(1,) * spatial, fields.shape[-1])
+        columns, coefficients = np.broadcast_arrays(fields, weight)  # [Nb, G, Og, *out, Cg*K]
+        columns, coefficients = (a.reshape(*self.output_shape, -1) for a in (columns, coefficients))
+        bias = 0.0 if self.bias is None else self.bias.double().numpy().reshape(-1, *(1,) * spatial)
+        y = model.free(self.output_shape)
+        model.equal(y, np.maximum(columns, 0), np.where(columns < 0, 0.0, coefficients), bias)
+        return y
 
 
 @hookimpl

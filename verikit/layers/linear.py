@@ -15,6 +15,7 @@ from verikit.bounds import Relaxation
 from verikit.graph import NodeInfo
 from verikit.hookspecs import hookimpl
 from verikit.layers.base import LinearRule, flatten_rows
+from verikit.lp.encode import LPModel
 
 
 def as_tensor(array: np.ndarray) -> torch.Tensor:
@@ -40,6 +41,11 @@ def reduce_to(values: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
         values = values.sum(dim=tuple(range(1, 1 + extra)))
     dims = tuple(i + 1 for i, (want, have) in enumerate(zip(shape, values.shape[1:])) if want == 1 and have != 1)
     return values.sum(dim=dims, keepdim=True) if dims else values
+
+
+def align_indices(indices: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Variable indices of an ONNX operand broadcast to `shape` (numpy broadcasting, leading ones first)."""
+    return np.broadcast_to(indices.reshape((1,) * (len(shape) - indices.ndim) + indices.shape), shape)
 
 
 def zero_bias(coefficients: torch.Tensor, rank: int) -> torch.Tensor:
@@ -118,6 +124,25 @@ class ScaleShift(LinearRule):
         bias = zero_bias(coefficients, rank) if self.shift is None else bias_term(coefficients, self.shift, rank)
         return [pushed.reshape(*lead, *self.input_shapes[0])], bias
 
+    def backward_patches(self, patches, relaxation: Relaxation | None = None):
+        """`backward` on CNN-Cert window coefficients (batch norm and friends): each entry times its
+        neuron's factor, the shift dotted into the bias. None when the input is broadcast."""
+        if tuple(self.input_shapes[0]) != tuple(self.output_shape) or len(self.output_shape) != 4:
+            return None
+        one = patches.values.new_ones((1,) * (len(self.output_shape) + 1))
+        pushed = patches.scaled(self._apply(one, self.scale, self.divisor))
+        bias = patches.zero_bias() if self.shift is None else patches.dot(one * self.shift)
+        return [pushed], bias
+
+    def encode_lp(self, model: LPModel, inputs: list[np.ndarray], bounds: list) -> np.ndarray:
+        """One row per output: y = x * (scale / divisor) + shift, operands broadcast to the output."""
+        ones = torch.ones(1, *self.output_shape, dtype=torch.float64)
+        factor = self._apply(ones, self.scale, self.divisor)[0].numpy()
+        shift = self.offset(ones)[0].numpy()
+        y = model.free(self.output_shape)
+        model.equal(y, align_indices(inputs[0], self.output_shape)[..., None], factor[..., None], shift)
+        return y
+
 
 class Residual(LinearRule):
     """y = x1 + x2 or y = x1 - x2 of two computed tensors (skip connections), with broadcasting.
@@ -151,6 +176,20 @@ class Residual(LinearRule):
         flat, lead = flatten_rows(coefficients, rank)
         first, second = (reduce_to(flat, shape).reshape(*lead, *shape) for shape in self.input_shapes)
         return [first, self.sign * second], zero_bias(coefficients, rank)
+
+    def encode_lp(self, model: LPModel, inputs: list[np.ndarray], bounds: list) -> np.ndarray:
+        """One row per output: y = x1 +/- x2 (broadcast)."""
+        y = model.free(self.output_shape)
+        pair = np.stack([align_indices(x, self.output_shape) for x in inputs], axis=-1)
+        model.equal(y, pair, np.array([1.0, self.sign]))
+        return y
+
+    def backward_patches(self, patches, relaxation: Relaxation | None = None):
+        """`backward` on CNN-Cert window coefficients: both operands get the windows (sign applied).
+        None when an operand is broadcast."""
+        if any(tuple(shape) != tuple(self.output_shape) for shape in self.input_shapes):
+            return None
+        return [patches, patches.with_values(self.sign * patches.values)], patches.zero_bias()
 
 
 def matmul_shapes(left: tuple[int, ...], right: tuple[int, ...],
@@ -263,6 +302,21 @@ class MatMul(LinearRule):
         pushed = pushed.reshape(*lead, *self.input_shapes[0])
         bias = zero_bias(coefficients, rank) if self.bias is None else bias_term(coefficients, self.bias, rank)
         return [pushed], bias
+
+    def encode_lp(self, model: LPModel, inputs: list[np.ndarray], bounds: list) -> np.ndarray:
+        """One row per output y[..., i, j] = sum_k x[..., i, k] W[..., k, j] + b (or W x), over the k terms."""
+        x = np.swapaxes(inputs[0], -1, -2) if self.transpose_input else inputs[0]
+        x, weight = x.reshape(self.x_shape), self.weight.double().numpy()
+        if self.weight_first:  # x^T as [..., 1, j, k] against W as [..., i, 1, k]
+            x, weight = np.swapaxes(x, -1, -2)[..., None, :, :], weight[..., :, None, :]
+        else:  # x as [..., i, 1, k] against W^T as [..., 1, j, k]
+            x, weight = x[..., :, None, :], np.swapaxes(weight, -1, -2)[..., None, :, :]
+        columns, coefficients = np.broadcast_arrays(x, weight)
+        shape = (*self.output_shape, columns.shape[-1])
+        bias = 0.0 if self.bias is None else np.broadcast_to(self.bias.double().numpy(), self.output_shape)
+        y = model.free(self.output_shape)
+        model.equal(y, columns.reshape(shape), coefficients.reshape(shape), bias)
+        return y
 
 
 @hookimpl

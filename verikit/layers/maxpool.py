@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from math import prod
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -21,6 +22,7 @@ from verikit.bounds import Interval
 from verikit.graph import NodeInfo
 from verikit.hookspecs import hookimpl
 from verikit.layers.base import LayerRule
+from verikit.lp.encode import LPModel, sample
 
 FLAT_WIDTH = 1e-12  # relative width under which an input counts as a constant
 
@@ -153,6 +155,44 @@ class MaxPool(LayerRule):
         pushed = self.scatter(coefficients.unsqueeze(-1) * view(relaxation.weights))
         return [pushed], bias.flatten(start_dim=1 + rows).sum(-1)
 
+    def backward_patches(self, patches, relaxation: WindowRelaxation | None = None):
+        """`backward` on CNN-Cert window coefficients (verikit.propagate.patches): every entry spreads
+        over its pooling window with the relaxation's weights, like a conv with the pool's kernel and
+        stride. None for 1-D and 3-D pooling."""
+        if len(self.kernel_shape) != 2 or not isinstance(relaxation, WindowRelaxation):
+            return None
+        positive = patches.with_values(patches.values.clamp(min=0))
+        negative = patches.with_values(patches.values.clamp(max=0))
+        bias = positive.dot(relaxation.upper_intercept) + negative.dot(relaxation.lower_intercept)
+        pushed = patches.spread_windows(relaxation.weights, self.kernel_shape, self.strides, self.pads[:2],
+                                        self.in_spatial)
+        return [pushed], bias
+
+
+    def encode_lp(self, model: LPModel, inputs: list[np.ndarray], bounds: list[Interval]) -> np.ndarray:
+        """y >= every entry of its window, and: LP, the window lines of `relax` as two rows; MILP, one binary
+        a_i per entry that can be the max, sum a = 1, y <= z_i + (max u - l_i)(1 - a_i) (exact)."""
+        entries = self.windows(torch.from_numpy(inputs[0].astype(np.float64)), -1.0).numpy().astype(np.int64)
+        real, columns = entries >= 0, np.maximum(entries, 0)
+        y = model.free(self.output_shape)
+        outputs = np.broadcast_to(y[..., None], entries.shape)
+        model.add_rows(np.stack([outputs, columns], -1)[real], [1.0, -1.0], lower=0.0)
+        if model.exact:
+            lower, upper = (np.where(real, sample(self.windows(t.double(), 0.0)), -np.inf)
+                            for t in (bounds[0].lower, bounds[0].upper))
+            candidate = real & (upper >= lower.max(-1, keepdims=True))
+            picks = model.variables(0.0, candidate.astype(float), entries.shape, integer=True)
+            model.add_rows(picks, 1.0, lower=1.0, upper=1.0)
+            slack = np.where(candidate, np.where(candidate, upper, -np.inf).max(-1, keepdims=True) - lower, 0.0)
+            ones = np.ones(entries.shape)
+            model.add_rows(np.stack([outputs, columns, picks], -1)[candidate],
+                           np.stack([ones, -ones, slack], -1)[candidate], upper=slack[candidate])
+        else:
+            lines = self.relax(bounds[0])
+            model.add_rows(np.concatenate([y[..., None], columns], -1),
+                           np.concatenate([np.ones(y.shape + (1,)), -sample(lines.weights)], -1),
+                           lower=sample(lines.lower_intercept), upper=sample(lines.upper_intercept))
+        return y
 
 def window_lines(lower: torch.Tensor, upper: torch.Tensor, real: torch.Tensor) -> WindowRelaxation:
     """Shared-slope lines of max over the last axis, for entries in [lower, upper] where `real`.

@@ -3,6 +3,9 @@ GlobalAveragePool. Both are linear with non-negative weights, so |L| = L. MaxPoo
 """
 from __future__ import annotations
 
+from math import prod
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -10,6 +13,7 @@ from verikit.graph import NodeInfo
 from verikit.hookspecs import hookimpl
 from verikit.layers.base import LinearRule
 from verikit.layers.conv import resolve_pads, spatial_attribute, torch_pads
+from verikit.lp.encode import LPModel, onnx_pads, sliding_windows
 
 AVERAGE_POOLS = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
 
@@ -68,6 +72,35 @@ class AveragePool(LinearRule):
     def absolute(self, radius: torch.Tensor) -> torch.Tensor:
         return self.forward(radius)
 
+    def backward_patches(self, patches, relaxation=None):
+        """`backward` on CNN-Cert window coefficients: a conv with fixed weights 1 / window size per
+        channel (after the count_include_pad correction). None for 1-D and 3-D pooling."""
+        if len(self.kernel) != 2:
+            return None
+        if self.correction is not None:
+            patches = patches.scaled(self.correction.reshape(1, 1, 1, *self.correction.shape))
+        channels = self.input_shapes[0][1]
+        values = patches.values
+        kernel = torch.full((channels, 1, *self.kernel), 1 / prod(self.kernel), dtype=values.dtype,
+                            device=values.device)
+        begins = (self.pads[2], self.pads[0]) if self.pads is not None else (0, 0)  # pads are F.pad's order
+        pushed = patches.spread(kernel, self.strides, (1, 1), begins, channels, self.input_shapes[0][2:])
+        return [pushed], patches.zero_bias()
+
+
+    def encode_lp(self, model: LPModel, inputs: list[np.ndarray], bounds: list) -> np.ndarray:
+        """One row per output: the window's mean, 1 / window size (times the count_include_pad
+        correction) on each real entry; padded entries are zeros and drop out."""
+        spatial = len(self.kernel)
+        begins, ends = onnx_pads(self.pads, spatial)
+        fields = sliding_windows(inputs[0], self.kernel, self.strides, (1,) * spatial, begins, ends)
+        fields = fields.reshape(*self.output_shape, -1)
+        weight = np.full(self.output_shape[-spatial:], 1 / prod(self.kernel))
+        if self.correction is not None:
+            weight = weight * self.correction.double().numpy()
+        y = model.free(self.output_shape)
+        model.equal(y, np.maximum(fields, 0), np.where(fields < 0, 0.0, weight[..., None]))
+        return y
 
 class GlobalAveragePool(LinearRule):
     """The mean over all spatial dims, kept as size-1 dims: [Nb, C, *space] -> [Nb, C, 1, ...]."""
@@ -87,6 +120,25 @@ class GlobalAveragePool(LinearRule):
     def absolute(self, radius: torch.Tensor) -> torch.Tensor:
         return self.forward(radius)
 
+    def backward_patches(self, patches, relaxation=None):
+        """`backward` on CNN-Cert window coefficients: a conv whose kernel, 1 / (H W) per channel,
+        covers the whole map. None unless the input is [batch, C, H, W]."""
+        shape = self.input_shapes[0]
+        if len(shape) != 4:
+            return None
+        values = patches.values
+        kernel = torch.full((shape[1], 1, *shape[2:]), 1 / prod(shape[2:]), dtype=values.dtype,
+                            device=values.device)
+        pushed = patches.spread(kernel, (1, 1), (1, 1), (0, 0), shape[1], shape[2:])
+        return [pushed], patches.zero_bias()
+
+
+    def encode_lp(self, model: LPModel, inputs: list[np.ndarray], bounds: list) -> np.ndarray:
+        """One row per output: the mean of its channel's map."""
+        fields = inputs[0].reshape(*inputs[0].shape[:2], -1)
+        y = model.free(self.output_shape)
+        model.equal(y.reshape(fields.shape[:2]), fields, 1 / fields.shape[-1])
+        return y
 
 @hookimpl
 def verikit_layers(register) -> None:
