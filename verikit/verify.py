@@ -4,6 +4,7 @@
 `c . y - d` is positive); `sat` only with a counterexample that onnxruntime confirms."""
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,8 @@ from verikit.plugins import get_method, registry
 from verikit.spec.property import OutputClause, Property, RegionSpec
 
 DEFAULT_BOUND_ORDER = ("ibp", "crown", "alpha-crown")
+STRONG_ATTACK = {"restarts": 4096, "max_points": 4096, "steps": 50, "seed": 1}
+STRONG_ATTACK_SHARE = 0.15  # of the time left when the bounds have not decided
 DEFAULT_COMPLETE = "bab"
 
 
@@ -80,6 +83,12 @@ def verify(graph: Graph, prop: Property, options: VerifyOptions | None = None,
         open_regions = _refute(graph, prop, method, open_regions)
         if not open_regions:
             return finish(Verdict("unsat", method=method.name))
+    if options.attack and time.monotonic() < deadline:
+        say(f"attack ({options.attack}, more restarts)")
+        strong_deadline = time.monotonic() + STRONG_ATTACK_SHARE * (deadline - time.monotonic())
+        verdict = _attack(graph, _restrict(prop, open_regions), options.attack, strong_deadline, strong=True)
+        if verdict is not None:
+            return finish(verdict)
     name = complete_method(options)
     if name is not None and time.monotonic() < deadline:
         say(f"complete ({name})")
@@ -96,8 +105,15 @@ def _stamp(verdict: Verdict, start: float) -> Verdict:
     return verdict
 
 
-def _attack(graph: Graph, prop: Property, name: str, deadline: float) -> Verdict | None:
-    found = get_method(name).attack(graph, prop, None, deadline)
+def _attack(graph: Graph, prop: Property, name: str, deadline: float, strong: bool = False) -> Verdict | None:
+    """Run the attack method; `strong`: a second round with many more restarts (rare counterexamples
+    need thousands of starts) and another seed, when the method's options have those fields."""
+    method = get_method(name)
+    options = method.default_options()
+    if strong:
+        changes = {key: value for key, value in STRONG_ATTACK.items() if hasattr(options, key)}
+        options = dataclasses.replace(options, **changes)
+    found = method.attack(graph, prop, options, deadline)
     return confirm(graph, prop, found, name) if found is not None else None
 
 

@@ -31,7 +31,7 @@ class BaBOptions:
     """bound_method: bounds each batch of domains; batch: domains bounded at once; max_inputs: the
     largest input dimension split directly (larger inputs go to ReLU splitting, relu_split.py);
     max_domains: a memory cap on the queue. relu_*: the ReLU-splitting counterparts (parents split at
-    once, alpha-CROWN steps per bounding (1: plain CROWN), queue cap, PGD starts per batch, rows per
+    once, alpha-CROWN steps per bounding (1: plain CROWN), beta-CROWN split multipliers, queue cap, PGD starts per batch, rows per
     backward pass of the intermediate bounds)."""
 
     bound_method: str = "crown"
@@ -39,7 +39,8 @@ class BaBOptions:
     max_inputs: int = 16
     max_domains: int = 2_000_000
     relu_batch: int = 256
-    relu_alpha_steps: int = 5
+    relu_alpha_steps: int = 10
+    relu_beta: bool = True
     relu_max_domains: int = 200_000
     relu_attack_points: int = 16
     relu_batch_rows: int = 65_536
@@ -192,16 +193,28 @@ def _violation(graph64: Graph, spec: RegionSpec, points: torch.Tensor, open_clau
     return value.masked_fill(~open_clauses, float("inf")).amin(-1)
 
 
-def _probe(graph64: Graph, spec: RegionSpec, domains: _Domains):
-    """The domain centre with the smallest violation, if it is a counterexample."""
-    centers = (domains.lower + domains.upper) / 2
+def _probe(graph64: Graph, spec: RegionSpec, domains: _Domains, local_starts: int = 64, steps: int = 12):
+    """A counterexample candidate in the open domains, or None: their centres first, then a few signed
+    gradient steps inside each of the `local_starts` domains whose centres come closest to violating."""
+    points = (domains.lower + domains.upper) / 2
     with torch.no_grad():
-        violation = _violation(graph64, spec, centers, domains.open)
-    best = int(violation.argmin())
-    if float(violation[best]) > 0:
-        return None
-    with torch.no_grad():
-        return centers[best], graph64.forward_flat(centers[best:best + 1])[0]
+        violation = _violation(graph64, spec, points, domains.open)
+    chosen = violation.argsort()[:local_starts]
+    lower, upper, open_clauses = domains.lower[chosen], domains.upper[chosen], domains.open[chosen]
+    x = points[chosen]
+    for step in range(steps + 1):
+        if step:
+            x.requires_grad_(True)
+            (gradient,) = torch.autograd.grad(_violation(graph64, spec, x, open_clauses).sum(), x)
+            size = 0.25 * (1 - (step - 1) / steps) + 0.02
+            x = torch.minimum(torch.maximum(x.detach() - size * (upper - lower) * gradient.sign(), lower), upper)
+        with torch.no_grad():
+            violation = _violation(graph64, spec, x, open_clauses)
+        best = int(violation.argmin())
+        if float(violation[best]) <= 0:
+            with torch.no_grad():
+                return x[best], graph64.forward_flat(x[best:best + 1])[0]
+    return None
 
 
 def _forward_sensitivity(graph64: Graph, spec: RegionSpec, domains: _Domains) -> torch.Tensor:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from verikit.adam import Adam
 from verikit.graph import Graph
 from verikit.hookspecs import hookimpl
 from verikit.methods.base import Method
@@ -20,10 +21,13 @@ from verikit.spec.property import Property, RegionSpec
 
 @dataclass
 class PGDOptions:
-    """restarts: starting points per clause; steps: gradient steps; samples: random points tried first."""
+    """restarts: starting points per clause (at most max_points in all); steps: Adam steps of
+    step_size x the region's width; samples: random points tried first."""
 
-    restarts: int = 32
-    steps: int = 60
+    restarts: int = 64
+    max_points: int = 512
+    steps: int = 100
+    step_size: float = 0.1
     samples: int = 2048
     seed: int = 0
     margin: float = 1e-6  # aim this far past the boundary so float32 re-checks agree
@@ -87,39 +91,46 @@ def _center(region) -> torch.Tensor:
 
 def _descend(graph: Graph, spec: RegionSpec, options: PGDOptions, generator: torch.Generator,
              deadline: float | None):
-    """Signed-gradient descent on every clause's violation from `restarts` random starts each."""
+    """Adam on every clause's hinge loss from `restarts` random starts each, in coordinates scaled to
+    the region's bounding box, projecting back into the region after every step."""
     region = spec.region.to(torch.float64)
     clauses = len(spec.clauses)
-    starts = region.sample(options.restarts * clauses, generator)  # [1, R*C, n]
-    assigned = torch.arange(clauses).repeat_interleave(options.restarts)
-    lower, upper = region.bounding_box().lower, region.bounding_box().upper
-    width = (upper - lower).clamp_min(1e-12)
-    x = starts[0].clone()
-    for step in range(options.steps):
+    restarts = max(1, min(options.restarts, options.max_points // clauses))
+    assigned = torch.arange(clauses).repeat_interleave(restarts)
+    box = region.bounding_box()
+    width = (box.upper - box.lower).clamp_min(1e-12)
+    scaled = ((region.sample(restarts * clauses, generator)[0] - box.lower) / width).requires_grad_(True)
+    optimizer = Adam([scaled], lr=options.step_size)
+    best = None
+    for _ in range(options.steps):
         if deadline is not None and time.monotonic() >= deadline:
             break
-        x.requires_grad_(True)
+        x = box.lower + width * scaled
         outputs = graph.forward_flat(x)
         violation = _clause_violations(spec, x, outputs).gather(1, assigned.unsqueeze(1)).squeeze(1)
-        if float(violation.detach().min()) <= -options.margin:
-            return _best(x, violation.detach(), graph)
-        (gradient,) = torch.autograd.grad(violation.sum(), x)
-        size = 0.5 * (1 - step / options.steps) + 0.01  # fraction of the box width, decaying
+        best = _best(x.detach(), violation.detach(), graph)
+        if best is not None and float(violation.detach().min()) <= -options.margin:
+            return best
+        (gradient,) = torch.autograd.grad(_hinge_loss(spec, x, outputs, assigned, options.margin), scaled)
+        optimizer.step([gradient])
         with torch.no_grad():
-            x = region.project((x - size * width * _direction(gradient, region)).unsqueeze(0))[0]
-    with torch.no_grad():
-        outputs = graph.forward_flat(x)
-        violation = _clause_violations(spec, x, outputs).gather(1, assigned.unsqueeze(1)).squeeze(1)
-    return _best(x, violation, graph)
+            scaled.copy_((region.project((box.lower + width * scaled).unsqueeze(0))[0] - box.lower) / width)
+    return best
 
 
-def _direction(gradient: torch.Tensor, region) -> torch.Tensor:
-    """Steepest-descent direction for the region's norm (sign for boxes and L-inf balls)."""
-    norm = getattr(region, "norm", float("inf"))
-    if norm == float("inf"):
-        return gradient.sign()
-    scale = gradient.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    return gradient / scale * gradient.shape[-1] ** 0.5
+def _hinge_loss(spec: RegionSpec, inputs: torch.Tensor, outputs: torch.Tensor, assigned: torch.Tensor,
+                margin: float) -> torch.Tensor:
+    """Sum over each point's clause rows of max(0, row + margin): zero once every row holds with the
+    margin. Pushing on all rows at once escapes the plateaus where descending the largest row stalls."""
+    total = outputs.new_zeros(())
+    for index, clause in enumerate(spec.clauses):
+        rows = outputs @ clause.coefficients.T.to(outputs.dtype) - clause.rhs.to(outputs.dtype)
+        total = total + (torch.relu(rows + margin).sum(-1) * (assigned == index)).sum()
+    if spec.input_constraints is not None:
+        constraints = spec.input_constraints
+        rows = inputs @ constraints.coefficients.T.to(inputs.dtype) - constraints.rhs.to(inputs.dtype)
+        total = total + torch.relu(rows + margin).sum()
+    return total
 
 
 @hookimpl
