@@ -9,6 +9,7 @@ Stable neurons are exact: slope alpha when u <= 0, slope 1 when l >= 0.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -16,6 +17,7 @@ from verikit.bounds import Interval, Relaxation
 from verikit.graph import NodeInfo
 from verikit.hookspecs import hookimpl
 from verikit.layers.base import RELAXATION_MODES, ElementwiseRule
+from verikit.lp.encode import LPModel, sample
 
 
 def leaky_relu_relaxation(bound: Interval, alpha: float, mode: str = "adaptive",
@@ -50,6 +52,28 @@ def _unstable_lower_slope(lower: torch.Tensor, upper: torch.Tensor, alpha: float
     return torch.where(upper >= -lower, torch.ones_like(lower), torch.full_like(lower, alpha))
 
 
+def encode_leaky_relu(model: LPModel, z: np.ndarray, bound: Interval, alpha: float) -> np.ndarray:
+    """y = max(z, alpha z): stable neurons exactly; unstable ones by the triangle y >= z, y >= alpha z,
+    y <= chord (LP), or exactly with a binary a (MILP): y <= z - (1-alpha) l (1-a), y <= alpha z + (1-alpha) u a."""
+    lower, upper = sample(bound.lower), sample(bound.upper)
+    y = model.free(z.shape)
+    stable = (lower >= 0) | (upper <= 0)
+    model.equal(y[stable], z[stable][:, None], np.where(lower >= 0, 1.0, alpha)[stable][:, None])
+    out, into, low, high = y[~stable], z[~stable], lower[~stable], upper[~stable]
+    pair, ones = np.stack([out, into], -1), np.ones(into.shape)
+    model.add_rows(pair, [1.0, -1.0], lower=0.0)
+    model.add_rows(pair, [1.0, -alpha], lower=0.0)
+    if model.exact:
+        active = model.variables(0.0, 1.0, into.shape, integer=True)
+        triple = np.stack([out, into, active], -1)
+        model.add_rows(triple, np.stack([ones, -ones, -(1 - alpha) * low], -1), upper=-(1 - alpha) * low)
+        model.add_rows(triple, np.stack([ones, -alpha * ones, -(1 - alpha) * high], -1), upper=0.0)
+    else:
+        chord = (high - alpha * low) / (high - low)
+        model.add_rows(pair, np.stack([ones, -chord], -1), upper=(alpha - chord) * low)
+    return y
+
+
 class Relu(ElementwiseRule):
     """ONNX Relu: y = max(z, 0)."""
 
@@ -65,6 +89,10 @@ class Relu(ElementwiseRule):
     def relax(self, bound: Interval, mode: str = "adaptive",
               lower_slope: torch.Tensor | None = None) -> Relaxation:
         return leaky_relu_relaxation(bound, 0.0, mode, lower_slope)
+
+    def encode_lp(self, model: LPModel, inputs: list[np.ndarray], bounds: list[Interval]) -> np.ndarray:
+        """Triangle relaxation (LP) or big-M with a binary (MILP) for unstable neurons; see encode_leaky_relu."""
+        return encode_leaky_relu(model, inputs[0], bounds[0], 0.0)
 
 
 class LeakyRelu(ElementwiseRule):
@@ -90,6 +118,10 @@ class LeakyRelu(ElementwiseRule):
     def relax(self, bound: Interval, mode: str = "adaptive",
               lower_slope: torch.Tensor | None = None) -> Relaxation:
         return leaky_relu_relaxation(bound, self.alpha, mode, lower_slope)
+
+    def encode_lp(self, model: LPModel, inputs: list[np.ndarray], bounds: list[Interval]) -> np.ndarray:
+        """Like Relu's, with the lower lines y >= z and y >= alpha z; see encode_leaky_relu."""
+        return encode_leaky_relu(model, inputs[0], bounds[0], self.alpha)
 
 
 # The names other modules' briefs use for these rules.

@@ -15,12 +15,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 
 from verikit.bounds import Interval, Relaxation
+from verikit.errors import ModelError
 from verikit.graph import NodeInfo
 from verikit.hookspecs import hookimpl
 from verikit.layers.base import RELAXATION_MODES, ElementwiseRule
+from verikit.lp.encode import LPModel, encode_lines, sample
 
 Function = Callable[[torch.Tensor], torch.Tensor]
 
@@ -139,6 +142,15 @@ class SShapedRule(ElementwiseRule):
         if mode not in RELAXATION_MODES:
             raise ValueError(f"unknown relaxation mode '{mode}'; choose one of {', '.join(RELAXATION_MODES)}")
         return s_shaped_relaxation(self.function, self.derivative, bound)
+
+    def encode_lp(self, model: LPModel, inputs: list[np.ndarray], bounds: list[Interval]) -> np.ndarray:
+        """The tangent/chord lines as two rows per neuron; a MILP cannot encode f exactly and is refused."""
+        if model.exact:
+            raise ModelError(f"{type(self).__name__} node '{self.name}': an S-shaped activation has no exact "
+                             "MILP encoding", fix="use a bound method (crown, dual-lp) or bab for this network")
+        lines = self.relax(bounds[0])
+        return encode_lines(model, inputs[0], sample(lines.lower_slope), sample(lines.lower_intercept),
+                            sample(lines.upper_slope), sample(lines.upper_intercept))
 
 
 class Sigmoid(SShapedRule):

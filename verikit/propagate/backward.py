@@ -24,13 +24,19 @@ SIDES = ("both", "lower", "upper")
 def backward_bound(graph: Graph, region: Region, target: str, coefficients: torch.Tensor,
                    bounds: dict[str, Interval], mode: str, *, sides: str = "both",
                    lower_slopes: dict[str, torch.Tensor] | None = None,
-                   relaxations: dict[str, Relaxation] | None = None) -> Interval:
+                   relaxations: dict[str, Relaxation] | None = None,
+                   record: dict[str, torch.Tensor] | None = None,
+                   extra: dict[str, torch.Tensor] | None = None) -> Interval:
     """Bounds [B, K] of `coefficients . target` ([B or 1, K, *target_shape]) over the region.
 
     `bounds` must hold the interval of every input of a nonlinear node upstream of `target`.
     `sides` skips the unwanted side where that saves work (it comes back as -inf / +inf);
     `lower_slopes` (output value of a nonlinear node -> tensor) feeds mode "optimizable";
     `relaxations` (same keys) is a cache, reused and filled, valid as long as `bounds` does not change.
+    `record`, when given, receives the coefficients reaching each nonlinear node's output and the graph
+    input, in upper-bound form ([B, rows, *shape]; rows stacked as `sides` stacks them, [A; -A] for "both").
+    `extra` (value -> tensor broadcastable to those coefficients) is added to the coefficients on a value
+    when the pass reaches it: beta-CROWN's split multipliers, whose sign the caller makes sound.
     """
     if mode not in RELAXATION_MODES:
         raise ValueError(f"unknown relaxation mode {mode!r}: use one of {', '.join(RELAXATION_MODES)}")
@@ -48,11 +54,17 @@ def backward_bound(graph: Graph, region: Region, target: str, coefficients: torc
         upper = pending.pop(node.output, None)
         if upper is None:
             continue
+        if extra is not None and node.output in extra:
+            upper = upper + extra[node.output]
         relaxation = None if node.linear else _relaxation(node, bounds, mode, lower_slopes, relaxations)
+        if record is not None and not node.linear:
+            record[node.output] = upper
         pushed, node_bias = node.rule.backward(upper, relaxation)
         bias = bias + node_bias
         for value, part in zip(node.inputs, pushed):
             pending[value] = pending[value] + part if value in pending else part
+    if record is not None:
+        record[graph.input_name] = pending.get(graph.input_name)
     result = _concretize(graph, region, pending.get(graph.input_name), bias)
     return result if exact else _split_sides(result.upper, rows, sides)
 
@@ -60,12 +72,14 @@ def backward_bound(graph: Graph, region: Region, target: str, coefficients: torc
 def compute_bounds(graph: Graph, region: Region, coefficients: torch.Tensor, mode: str,
                    dtype: torch.dtype = torch.float32, intermediate: dict[str, Interval] | None = None,
                    *, intersect_ibp: bool = True, batch_rows: int = 2048, sides: str = "both",
-                   lower_slopes: dict[str, torch.Tensor] | None = None) -> Interval:
+                   lower_slopes: dict[str, torch.Tensor] | None = None,
+                   reference: dict[str, Interval] | None = None) -> Interval:
     """Bounds [B, K] of `coefficients @ output` (coefficients [B or 1, K, n_out]) over the region.
 
     Intermediate bounds come layer by layer by back-substitution (intersected with interval
     propagation when `intersect_ibp`); pre-filled entries of `intermediate` are used as given, and
-    every bound computed is written back into it. `batch_rows` caps problems x rows per pass.
+    every bound computed is written back into it; every computed one is intersected with its entry
+    in `reference`, if any. `batch_rows` caps problems x rows per pass.
     """
     device = region_device(region)
     graph, region = graph.to(dtype, device), region.to(dtype, device)
@@ -74,7 +88,7 @@ def compute_bounds(graph: Graph, region: Region, coefficients: torch.Tensor, mod
              for name, b in (intermediate or {}).items()}
     relaxations: dict[str, Relaxation] = {}
     bounds = layer_bounds(graph, region, mode, known, intersect_ibp=intersect_ibp, batch_rows=batch_rows,
-                          lower_slopes=lower_slopes, relaxations=relaxations)
+                          lower_slopes=lower_slopes, relaxations=relaxations, reference=reference)
     if intermediate is not None:
         intermediate.update({name: bounds[name] for name in values_to_relax(graph) if name in bounds})
     rows = coefficients.reshape(coefficients.shape[0], coefficients.shape[1], *graph.output_shape)
@@ -89,25 +103,32 @@ def compute_bounds(graph: Graph, region: Region, coefficients: torch.Tensor, mod
 def layer_bounds(graph: Graph, region: Region, mode: str, known: dict[str, Interval], *,
                  intersect_ibp: bool = True, batch_rows: int = 2048,
                  lower_slopes: dict[str, torch.Tensor] | None = None,
-                 relaxations: dict[str, Relaxation] | None = None) -> dict[str, Interval]:
+                 relaxations: dict[str, Relaxation] | None = None,
+                 reference: dict[str, Interval] | None = None, skip_stable: bool = False) -> dict[str, Interval]:
     """Bounds of every value feeding a nonlinear node, in topological order (and, with
-    `intersect_ibp`, the interval-propagation bound of every other value too)."""
+    `intersect_ibp`, the interval-propagation bound of every other value too).
+
+    Entries of `known` are used as given; every other bound is intersected with its entry in
+    `reference`, if any (e.g. a branch-and-bound domain's parent bounds and split constraints). With
+    `skip_stable`, only the neurons whose reference interval contains 0 in some problem are re-bounded
+    (a ReLU's relaxation is exact on the others); the rest keep the reference."""
     needed = set(values_to_relax(graph))
     bounds = {graph.input_name: input_interval(graph, region)}
     for node in graph.nodes:
         if node.output in known:
             bounds[node.output] = known[node.output]
         elif node.output in needed and node.linear:
-            shape = graph.shapes[node.output]
-            rows = partial(_identity_rows, shape, like=bounds[graph.input_name].lower)
-            flat = _bound_in_chunks(graph, region, node.output, rows, prod(shape), bounds, mode, batch_rows,
-                                    lower_slopes=lower_slopes, relaxations=relaxations)
-            bound = Interval(flat.lower.reshape(-1, *shape), flat.upper.reshape(-1, *shape))
+            kept = (reference or {}).get(node.output) if skip_stable else None
+            bound = _back_substituted(graph, region, node.output, bounds, mode, batch_rows, kept,
+                                      lower_slopes=lower_slopes, relaxations=relaxations)
             bounds[node.output] = bound.intersect(_interval_image(node, bounds)) if intersect_ibp else bound
         elif node.output in needed or intersect_ibp:
             # an activation's output takes the image of its input interval (CNN-Cert 1.8); with
             # intersect_ibp every other value gets its interval-propagation bound
             bounds[node.output] = _interval_image(node, bounds)
+        kept = (reference or {}).get(node.output)
+        if kept is not None and node.output in bounds and node.output not in known:
+            bounds[node.output] = bounds[node.output].intersect(kept)
     return bounds
 
 
@@ -145,11 +166,31 @@ def _bound_in_chunks(graph: Graph, region: Region, target: str, rows: Callable[[
     return Interval(torch.cat([p.lower for p in parts], dim=1), torch.cat([p.upper for p in parts], dim=1))
 
 
-def _identity_rows(shape: tuple[int, ...], start: int, stop: int, like: torch.Tensor) -> torch.Tensor:
-    """Rows start..stop of the identity over a value's neurons: [1, stop - start, *shape], in the
-    dtype and device of `like`."""
+def _back_substituted(graph: Graph, region: Region, value: str, bounds: dict[str, Interval], mode: str,
+                      batch_rows: int, kept: Interval | None, **options) -> Interval:
+    """Bounds of a value by back-substitution, one identity row per neuron; with `kept`, only the
+    neurons whose kept interval contains 0 in some problem, the others keeping it."""
+    shape, like = graph.shapes[value], bounds[graph.input_name].lower
+    columns = torch.arange(prod(shape), device=like.device)
+    if kept is not None:
+        columns = ((kept.lower < 0) & (kept.upper > 0)).flatten(1).any(0).nonzero()[:, 0]
+        if not len(columns):
+            return kept
+    rows = partial(_identity_rows, shape, columns, like=like)
+    flat = _bound_in_chunks(graph, region, value, rows, len(columns), bounds, mode, batch_rows, **options)
+    if kept is None:
+        return Interval(flat.lower.reshape(-1, *shape), flat.upper.reshape(-1, *shape))
+    lower, upper = (t.flatten(1).expand(region.batch, -1).clone() for t in (kept.lower, kept.upper))
+    lower[:, columns], upper[:, columns] = flat.lower, flat.upper
+    return Interval(lower.reshape(-1, *shape), upper.reshape(-1, *shape))
+
+
+def _identity_rows(shape: tuple[int, ...], columns: torch.Tensor, start: int, stop: int,
+                   like: torch.Tensor) -> torch.Tensor:
+    """Rows start..stop of the identity rows picking `columns` of a value's neurons:
+    [1, stop - start, *shape], in the dtype and device of `like`."""
     rows = torch.zeros(stop - start, prod(shape), dtype=like.dtype, device=like.device)
-    rows[torch.arange(stop - start), torch.arange(start, stop)] = 1
+    rows[torch.arange(stop - start), columns[start:stop]] = 1
     return rows.reshape(1, stop - start, *shape)
 
 

@@ -1,0 +1,142 @@
+"""ReLU-split branch and bound (the `bab` method on inputs larger than max_inputs): never a wrong answer
+against the exact MILP optimum or verdict, decides instances that CROWN alone cannot, handles several
+clauses of several rows, balls, LeakyReLU, input constraints, and says timeout / unknown at its limits."""
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from netgen import mlp
+from verikit.methods.bab import BaBOptions, BranchAndBound
+from verikit.methods.linear_relaxation import Crown
+from verikit.onnx_import import load_model
+from verikit.plugins import get_method, registry
+from verikit.region import Box, LpBall
+from verikit.spec.property import InputConstraints, OutputClause, Property, RegionSpec
+from verikit.verify import VerifyOptions, verify
+
+F64 = torch.float64
+OPTIONS = BaBOptions(max_inputs=2)  # every test net has more inputs: ReLU splitting
+
+
+def milp():
+    """The exact `milp` method, or skip when it is not registered."""
+    if "milp" not in {m.name for m in registry().methods("complete")}:
+        pytest.skip("the milp method is not registered")
+    return get_method("milp")
+
+
+def one_row(graph, region, row: torch.Tensor, rhs: float, constraints=None) -> Property:
+    clause = OutputClause(row.reshape(1, -1).to(F64), torch.tensor([rhs], dtype=F64))
+    return Property(graph.input_size, graph.output_size, (RegionSpec(region, (clause,), constraints),))
+
+
+def decide(graph, prop: Property, seconds: float = 20.0):
+    return BranchAndBound().decide(graph, prop, OPTIONS, time.monotonic() + seconds)
+
+
+def assert_confirmed(prop: Property, verdict) -> None:
+    assert verdict.counterexample is not None
+    x, y = verdict.counterexample
+    assert prop.is_counterexample(x, y)
+
+
+def box_around(seed: int, n: int, radius: float) -> Box:
+    center = torch.rand(1, n, generator=torch.Generator().manual_seed(seed), dtype=F64) * 2 - 1
+    return Box(center - radius, center + radius)
+
+
+@pytest.mark.parametrize("activation", ["Relu", "LeakyRelu"])
+def test_agrees_with_the_milp_optimum_where_crown_cannot_decide(tmp_path, activation):
+    exact = milp()
+    undecided_by_crown = 0
+    for seed in range(3):
+        path = mlp(tmp_path / f"n{seed}.onnx", activation, (12, 12), inputs=5, outputs=3, seed=40 + seed)
+        graph = load_model(path)
+        region = box_around(seed, 5, 0.4)
+        row = torch.tensor([1.0, -1.0, 0.0], dtype=F64)
+        optimum = exact.minimize(graph, region, row).value
+        crown = float(Crown().bound(graph, region, row.reshape(1, 1, 3).float()).lower)
+        gap = optimum - crown
+        assert gap > 0
+        below, above = optimum - 0.05 * gap, optimum + 0.05 * gap
+        undecided_by_crown += crown < below
+        unsafe_below = decide(graph, one_row(graph, region, row, below))  # no input reaches below the optimum
+        assert unsafe_below.status == "unsat", (seed, unsafe_below)
+        unsafe_above = decide(graph, one_row(graph, region, row, above))
+        assert unsafe_above.status == "sat", (seed, unsafe_above)
+        assert_confirmed(one_row(graph, region, row, above), unsafe_above)
+    assert undecided_by_crown == 3
+
+
+def test_clauses_of_several_rows_agree_with_milp(tmp_path):
+    exact = milp()
+    graph = load_model(mlp(tmp_path / "m.onnx", "Relu", (12, 12), inputs=6, outputs=3, seed=50))
+    region = box_around(7, 6, 0.35)
+    eye = torch.eye(3, dtype=F64)
+    outputs = graph.to(F64).forward_flat(region.center).detach()[0]
+    for shift in (-0.3, -0.1, 0.0, 0.1):
+        # unsafe: (y0 - y1 <= d1 and y0 - y2 <= d2) or (y1 - y2 <= d3), thresholds near the centre's values
+        both = OutputClause(torch.stack([eye[0] - eye[1], eye[0] - eye[2]]),
+                            torch.stack([outputs[0] - outputs[1], outputs[0] - outputs[2]]) + shift - 0.2)
+        other = OutputClause((eye[1] - eye[2]).reshape(1, 3), (outputs[1] - outputs[2]).reshape(1) + shift - 0.6)
+        prop = Property(6, 3, (RegionSpec(region, (both, other)),))
+        truth = exact.decide(graph, prop, None, time.monotonic() + 30).status
+        verdict = decide(graph, prop)
+        assert verdict.status in (truth, "timeout", "unknown"), (shift, truth, verdict)
+        assert verdict.status == truth, (shift, truth, verdict)
+        if verdict.status == "sat":
+            assert_confirmed(prop, verdict)
+
+
+def test_l2_ball_and_input_constraints_never_contradict_samples(tmp_path):
+    graph = load_model(mlp(tmp_path / "b.onnx", "Relu", (12, 12), inputs=5, outputs=3, seed=60))
+    center = torch.rand(1, 5, generator=torch.Generator().manual_seed(1), dtype=F64)
+    constraints = InputConstraints(torch.tensor([[1.0, 1.0, 0.0, 0.0, 0.0]], dtype=F64),
+                                   (center[0, 0] + center[0, 1]).reshape(1))  # x0 + x1 <= their centre sum
+    row = torch.tensor([0.0, 1.0, -1.0], dtype=F64)
+    for region, extra in ((LpBall(center, torch.tensor([0.6], dtype=F64), 2.0), None),
+                          (Box(center - 0.4, center + 0.4), constraints)):
+        points = region.sample(20000, torch.Generator().manual_seed(2))[0]
+        if extra is not None:
+            points = points[extra.slack(points) <= 0]
+        with torch.no_grad():
+            values = graph.to(F64).forward_flat(points) @ row
+        lowest = float(values.min())
+        for rhs, expected in ((lowest + 0.02, "sat"), (lowest - 0.3, None)):
+            prop = one_row(graph, region, row, rhs, extra)
+            verdict = decide(graph, prop)
+            if expected == "sat":  # a sampled point meets it
+                assert verdict.status == "sat", verdict
+                assert_confirmed(prop, verdict)
+            else:
+                assert verdict.status in ("unsat", "sat"), verdict
+                if verdict.status == "sat":
+                    assert_confirmed(prop, verdict)
+
+
+def test_timeout_and_domain_cap(tmp_path):
+    exact = milp()
+    graph = load_model(mlp(tmp_path / "t.onnx", "Relu", (12, 12), inputs=5, outputs=3, seed=41))
+    region = box_around(1, 5, 0.4)
+    row = torch.tensor([1.0, -1.0, 0.0], dtype=F64)
+    optimum = exact.minimize(graph, region, row).value
+    crown = float(Crown().bound(graph, region, row.reshape(1, 1, 3).float()).lower)
+    hard = one_row(graph, region, row, optimum - 0.05 * (optimum - crown))  # unsat, open at the root
+    assert BranchAndBound().decide(graph, hard, OPTIONS, time.monotonic() - 1).status == "timeout"
+    capped = BaBOptions(max_inputs=2, relu_max_domains=1, relu_batch=1)
+    assert BranchAndBound().decide(graph, hard, capped, time.monotonic() + 20).status == "unknown"
+
+
+def test_verify_pipeline_uses_relu_splitting_for_wide_inputs(tmp_path):
+    exact = milp()
+    graph = load_model(mlp(tmp_path / "w.onnx", "Relu", (10, 10), inputs=20, outputs=3, seed=80))
+    region = box_around(4, 20, 0.15)
+    row = torch.tensor([1.0, 0.0, -1.0], dtype=F64)
+    optimum = exact.minimize(graph, region, row).value
+    crown = float(Crown().bound(graph, region, row.reshape(1, 1, 3).float()).lower)
+    prop = one_row(graph, region, row, optimum - 0.1 * (optimum - crown))
+    verdict = verify(graph, prop, VerifyOptions(timeout=30))
+    assert verdict.status == "unsat" and verdict.method == "bab", verdict

@@ -1,0 +1,247 @@
+"""`alpha-crown`: CROWN with the ReLU lower slopes optimised by projected gradient ascent (Xu et al. 2021).
+
+On an unstable ReLU (or LeakyReLU with leak a) every line through the origin with a slope in [a, 1] is a
+valid lower line, so every choice of slopes gives a sound bound; alpha-CROWN searches for the slopes
+that make the bound tightest. The slopes start at CROWN's adaptive choice, Adam raises the sum of the
+lower bounds, each step projects them back into [0, 1] (the relaxation clamps them into [a, 1]), and
+the best bound seen for each row is kept: the result is never looser than CROWN's with the same
+intermediate bounds.
+
+Each output row and side gets its own slopes (as auto_LiRPA keeps one alpha per spec row): the rows
+are folded into the problem batch, B problems x R rows -> B*R problems of one row each. Intermediate
+bounds come from CROWN and stay fixed while the rows are optimised; with `optimize_intermediate` a
+first phase re-bounds every layer at each step with slopes shared per problem and keeps, per neuron,
+the tightest bound met (each one is sound, so their intersection is too).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import prod
+from typing import ClassVar
+
+import torch
+
+from verikit.bounds import Interval
+from verikit.graph import Graph
+from verikit.hookspecs import hookimpl
+from verikit.methods.base import Method
+from verikit.methods.linear_relaxation import DTYPES
+from verikit.propagate.backward import (backward_bound, interval_of_rows, layer_bounds, region_device,
+                                       values_to_relax)
+from verikit.region import Region
+
+SLOPED_OPS = ("Relu", "LeakyRelu")
+
+
+@dataclass
+class AlphaCrownOptions:
+    """Options of alpha-CROWN."""
+
+    steps: int = 20  # gradient steps on the output rows' slopes
+    lr: float = 0.5  # Adam learning rate
+    lr_decay: float = 0.98  # learning rate factor per step
+    lr_beta: float = 0.1  # Adam learning rate of beta-CROWN's split multipliers (branch and bound only)
+    dtype: str = "float32"  # "float32" | "float64": precision of the whole computation
+    optimize_intermediate: bool = True  # also tighten intermediate bounds (a first phase of `steps` steps)
+    intermediate_limit: int = 20_000  # ... only when at most this many neurons feed activations
+    intersect_ibp: bool = True  # intersect every bound with interval propagation (sound, tighter)
+    batch_rows: int = 2048  # problems x coefficient rows per backward pass of the intermediate bounds
+
+
+class AlphaCrown(Method):
+    name = "alpha-crown"
+    kind = "bound"
+    summary = "CROWN with ReLU lower slopes optimised by gradient ascent (Xu et al. 2021)"
+    Options: ClassVar[type] = AlphaCrownOptions
+    needs = ("forward", "interval", "backward", "relax")
+
+    def bound(self, graph: Graph, region: Region, coefficients: torch.Tensor, options=None,
+              intermediate: dict[str, Interval] | None = None) -> Interval:
+        """Bounds [B, K] of `coefficients @ output` over the region (see Method.bound)."""
+        options = options or self.default_options()
+        if options.dtype not in DTYPES:
+            raise ValueError(f"{self.name}: dtype {options.dtype!r} is not one of {', '.join(DTYPES)}")
+        dtype, device = DTYPES[options.dtype], region_device(region)
+        graph, region = graph.to(dtype, device), region.to(dtype, device)
+        rows = coefficients.to(dtype=dtype, device=device)
+        known = {name: b.to(dtype) for name, b in (intermediate or {}).items()}
+        with torch.no_grad():
+            bounds = layer_bounds(graph, region, "adaptive", known, intersect_ibp=options.intersect_ibp,
+                                  batch_rows=options.batch_rows)
+        best = None
+        if options.optimize_intermediate and _relaxed_neurons(graph) <= options.intermediate_limit:
+            bounds, best = tighten_intermediate(graph, region, rows, bounds, options)
+        result = optimize_rows(graph, region, rows, bounds, options)
+        if best is not None:
+            result = Interval(torch.maximum(result.lower, best.lower), torch.minimum(result.upper, best.upper))
+        if options.intersect_ibp and graph.output_name in bounds:
+            result = result.intersect(interval_of_rows(rows, bounds[graph.output_name]))
+        if intermediate is not None:
+            intermediate.update({name: bounds[name] for name in values_to_relax(graph) if name in bounds})
+        return result
+
+
+def optimize_rows(graph: Graph, region: Region, coefficients: torch.Tensor, bounds: dict[str, Interval],
+                  options: AlphaCrownOptions, sides: str = "both") -> Interval:
+    """Bounds [B, K] of `coefficients @ output` ([B or 1, K, n_out]) with per-row slopes optimised and
+    the intermediate `bounds` fixed; the unwanted side (`sides` "lower" / "upper") comes back infinite."""
+    batch, rows = region.batch, coefficients.shape[1]
+    signs = {"both": (1.0, -1.0), "lower": (1.0,), "upper": (-1.0,)}[sides]
+    stacked = torch.cat([sign * coefficients for sign in signs], dim=1)  # lower bounds of each of these
+    stacked = stacked.expand(batch, *stacked.shape[1:])
+    per_problem = stacked.shape[1]
+    index = torch.arange(batch, device=stacked.device).repeat_interleave(per_problem)
+    folded_region, folded_bounds = fold(graph, region, bounds, index)
+    folded_rows = stacked.reshape(batch * per_problem, 1, *graph.output_shape)
+    lower = optimize_folded(graph, folded_region, folded_rows, folded_bounds, options).reshape(batch, per_problem)
+    infinite = torch.full_like(lower[:, :rows], float("inf"))
+    if sides == "lower":
+        return Interval(lower, infinite)
+    if sides == "upper":
+        return Interval(-infinite, -lower)
+    return Interval(lower[:, :rows], -lower[:, rows:])
+
+
+def fold(graph: Graph, region: Region, bounds: dict[str, Interval], index: torch.Tensor,
+         ) -> tuple[Region, dict[str, Interval]]:
+    """Problems `index` of a batched region and of the bounds that relaxations need (one problem per row)."""
+    batch = region.batch
+    needed = [name for name in values_to_relax(graph) if name in bounds]
+    return region.select(index), {name: _select(bounds[name], index, batch) for name in needed}
+
+
+def optimize_folded(graph: Graph, region: Region, rows: torch.Tensor, bounds: dict[str, Interval],
+                    options: AlphaCrownOptions, record: dict[str, torch.Tensor] | None = None,
+                    split_signs: dict[str, torch.Tensor] | None = None,
+                    stop_at: torch.Tensor | None = None) -> torch.Tensor:
+    """Lower bounds [P] of `rows[p] . output` ([P, 1, *output_shape]) over problem p of the region, each
+    with its own slopes; `record` receives backward_bound's coefficients (upper-bound form, for -rows)
+    at each problem's best step; the ascent stops early once every bound exceeds `stop_at` ([P]).
+
+    `split_signs` (value -> [P, *shape] of +1 / -1 / 0) adds beta-CROWN's Lagrangian terms (Wang et al.
+    2021): where the sign is s, s * value >= 0 holds on problem p's domain, so for any beta >= 0 the
+    upper bound of -rows . output may add beta * s * value; the betas start at 0 and are optimised too."""
+    slopes = initial_slopes(graph, bounds)
+    betas = {name: torch.zeros_like(sign, requires_grad=True) for name, sign in (split_signs or {}).items()}
+    step_record: dict[str, torch.Tensor] | None = {} if record is not None else None
+
+    def objective() -> torch.Tensor:
+        extra = {name: (beta * split_signs[name]).unsqueeze(1) for name, beta in betas.items()}
+        found = backward_bound(graph, region, graph.output_name, rows, bounds, "optimizable", sides="lower",
+                               lower_slopes=slopes, record=step_record, extra=extra or None)
+        return found.lower[:, 0]
+
+    groups = [(list(slopes.values()), options.lr, 1.0), (list(betas.values()), options.lr_beta, float("inf"))]
+    return _ascend(objective, groups, options, step_record, record, stop_at)
+
+
+def tighten_intermediate(graph: Graph, region: Region, coefficients: torch.Tensor,
+                         bounds: dict[str, Interval], options: AlphaCrownOptions,
+                         ) -> tuple[dict[str, Interval], Interval]:
+    """Optimise slopes shared per problem on the sum of both sides of every row, re-bounding every
+    layer at each step; returns the tightest intermediate bounds met and the best row bounds."""
+    slopes = initial_slopes(graph, bounds)
+    best_bounds = dict(bounds)
+    rows = coefficients.shape[1]
+    coefficients = coefficients.reshape(coefficients.shape[0], rows, *graph.output_shape)
+
+    def objective() -> torch.Tensor:
+        step_bounds = layer_bounds(graph, region, "optimizable", {}, intersect_ibp=options.intersect_ibp,
+                                   batch_rows=options.batch_rows, lower_slopes=slopes, reference=best_bounds)
+        with torch.no_grad():
+            best_bounds.update({k: Interval(v.lower.detach(), v.upper.detach()) for k, v in step_bounds.items()})
+        found = backward_bound(graph, region, graph.output_name, coefficients, step_bounds, "optimizable",
+                               lower_slopes=slopes)
+        return torch.cat([found.lower, -found.upper], dim=1)
+
+    best = _ascend(objective, [(list(slopes.values()), options.lr, 1.0)], options)
+    return best_bounds, Interval(best[:, :rows], -best[:, rows:])
+
+
+def initial_slopes(graph: Graph, bounds: dict[str, Interval]) -> dict[str, torch.Tensor]:
+    """CROWN's adaptive lower slopes (1 where u >= -l, else 0) for every ReLU / LeakyReLU, as leaves."""
+    slopes = {}
+    for node in graph.nodes:
+        if node.op_type in SLOPED_OPS and node.inputs[0] in bounds:
+            bound = bounds[node.inputs[0]]
+            slopes[node.output] = (bound.upper >= -bound.lower).to(bound.lower.dtype).requires_grad_(True)
+    return slopes
+
+
+def _ascend(objective, groups: list[tuple[list[torch.Tensor], float, float]], options: AlphaCrownOptions,
+            step_record: dict | None = None, record: dict | None = None,
+            stop_at: torch.Tensor | None = None) -> torch.Tensor:
+    """Adam ascent of objective() (a vector of lower bounds) over groups of parameters (tensors,
+    learning rate, upper limit; all projected into [0, limit]); returns the best value per entry
+    (the first step uses the initial parameters)."""
+    adams = [_Adam(tensors, lr, limit) for tensors, lr, limit in groups if tensors]
+    parameters = [p for adam in adams for p in adam.parameters]
+    best = None
+    for step in range(max(1, options.steps)):
+        with torch.enable_grad():
+            value = objective()
+        detached = value.detach()
+        improved = torch.ones_like(detached, dtype=torch.bool) if best is None else detached > best
+        best = detached.clone() if best is None else torch.where(improved, detached, best)
+        if record is not None:
+            _keep_improved(record, step_record, improved)
+        done = stop_at is not None and bool((best > stop_at).all())
+        if done or step == options.steps - 1 or not value.requires_grad:
+            break
+        gradients = iter(torch.autograd.grad(value.sum(), parameters, allow_unused=True))
+        for adam in adams:
+            adam.ascend([next(gradients) for _ in adam.parameters], options.lr_decay ** step)
+    return best
+
+
+class _Adam:
+    """Adam (Kingma & Ba 2015) ascending in place, parameters projected into [0, limit] after a step.
+    (Written out: torch.optim's first use imports the compiler stack, seconds per process.)"""
+
+    def __init__(self, parameters: list[torch.Tensor], lr: float, limit: float, betas=(0.9, 0.999),
+                 eps: float = 1e-8):
+        self.parameters, self.lr, self.limit, self.betas, self.eps, self.count = parameters, lr, limit, betas, eps, 0
+        self.first = [torch.zeros_like(p) for p in parameters]
+        self.second = [torch.zeros_like(p) for p in parameters]
+
+    def ascend(self, gradients, decay: float) -> None:
+        self.count += 1
+        (b1, b2), t = self.betas, self.count
+        with torch.no_grad():
+            for p, g, m, v in zip(self.parameters, gradients, self.first, self.second):
+                if g is None:
+                    continue
+                m.mul_(b1).add_(g, alpha=1 - b1)
+                v.mul_(b2).addcmul_(g, g, value=1 - b2)
+                step = (m / (1 - b1 ** t)) / ((v / (1 - b2 ** t)).sqrt() + self.eps)
+                p.add_(step, alpha=self.lr * decay).clamp_(0.0, self.limit)
+
+
+def _keep_improved(record: dict, step_record: dict, improved: torch.Tensor) -> None:
+    """Copy the step's recorded coefficients into `record` for the problems whose bound improved."""
+    for name, value in step_record.items():
+        if value is None:
+            continue
+        value = value.detach()
+        if name not in record:
+            record[name] = value.clone()
+        else:
+            mask = improved.reshape(-1, *([1] * (value.dim() - 1)))
+            record[name] = torch.where(mask, value, record[name])
+    step_record.clear()
+
+
+def _relaxed_neurons(graph: Graph) -> int:
+    """How many neurons feed nonlinear nodes (each costs one backward row per tightening step)."""
+    return sum(prod(graph.shapes[name]) for name in values_to_relax(graph) if name in graph.shapes)
+
+
+def _select(bound: Interval, index: torch.Tensor, batch: int) -> Interval:
+    """Rows `index` of a bound whose batch is `batch` (or 1, broadcast)."""
+    lower, upper = (t.expand(batch, *t.shape[1:]) for t in (bound.lower, bound.upper))
+    return Interval(lower[index], upper[index])
+
+
+@hookimpl
+def verikit_methods(register) -> None:
+    register(AlphaCrown())

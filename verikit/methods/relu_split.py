@@ -1,0 +1,354 @@
+"""Branch and bound over ReLU phases (Bunel et al. 2018/2020; Wang et al. 2021 without the beta terms).
+
+A domain is the region plus a set of ReLU phase decisions: {x in region : z_j(x) >= 0 for the neurons
+j split active, z_j(x) <= 0 for those split inactive}, with z_j the ReLU's input. A decision is stored
+as a fixed intermediate bound (active: lower = max(lower, 0); inactive: upper = min(upper, 0)), and
+every later layer is re-bounded with all of the domain's bounds kept (backward.layer_bounds'
+`reference`). This is sound for the sub-domain: at every point of it the pre-activations lie inside
+the parent's bounds (the parent contains the domain) and have the decided signs, so they lie inside
+the kept intervals; the relaxations built on those intervals hold at every point of the domain, and
+back-substitution over the whole region (a superset) bounds the outputs on the domain. Splitting a
+neuron cuts a domain into z_j >= 0 and z_j <= 0, which together cover it, so refuting every leaf
+refutes the region. A domain whose kept bounds cross (lower > upper) is empty.
+
+Each step takes the hardest open domains (lowest bound), splits each on the neuron of largest
+BaBSR-like score (the backward coefficient on the ReLU's output times the intercept -l u / (u - l) of
+its upper line: how much that line loosens the bound), bounds the children in one batch (one problem
+per open clause row, slopes optimised by alpha-CROWN), drops refuted clauses and empty domains, and
+tries the points minimising each row's linear bound (inside the region, so any violation is a real
+counterexample) plus a few PGD steps from the most promising ones.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from dataclasses import dataclass
+from math import prod
+
+import numpy as np
+import torch
+
+from verikit.bounds import Interval
+from verikit.errors import VerikitError
+from verikit.graph import Graph
+from verikit.methods.alpha_crown import AlphaCrownOptions, fold, optimize_folded, tighten_intermediate
+from verikit.lp.encode import encode_graph, select_problem
+from verikit.methods.base import Verdict
+from verikit.propagate.backward import layer_bounds, values_to_relax
+from verikit.region import Box, Region
+from verikit.spec.property import Property, RegionSpec
+
+SPLIT_OPS = ("Relu", "LeakyRelu")
+F32 = torch.float32
+
+
+@dataclass
+class _Layer:
+    """The input value of one ReLU node, its output value, and its slice of the global neuron index."""
+
+    value: str
+    output: str
+    offset: int
+    size: int
+    position: int  # index of the producing node in graph.nodes
+
+
+@dataclass
+class _Domains:
+    """A batch of domains: kept bounds per relaxed value [D, *shape], open clauses [D, C], the lowest
+    open-clause margin (priority), and the global index of the neuron each one splits next."""
+
+    bounds: dict[str, Interval]
+    open: torch.Tensor
+    priority: torch.Tensor
+    branch: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.open.shape[0]
+
+    def select(self, index: torch.Tensor) -> "_Domains":
+        return _Domains({k: Interval(v.lower[index], v.upper[index]) for k, v in self.bounds.items()},
+                        self.open[index], self.priority[index], self.branch[index])
+
+    @staticmethod
+    def concat(parts: list["_Domains"]) -> "_Domains":
+        bounds = {k: Interval(torch.cat([p.bounds[k].lower for p in parts]),
+                              torch.cat([p.bounds[k].upper for p in parts])) for k in parts[0].bounds}
+        return _Domains(bounds, torch.cat([p.open for p in parts]), torch.cat([p.priority for p in parts]),
+                        torch.cat([p.branch for p in parts]))
+
+
+@dataclass
+class _Outcome:
+    """What bounding a batch of children gave: the domains still open, how many were stuck (open
+    with no unstable ReLU left), and counterexample candidates (flat x, y)."""
+
+    domains: _Domains | None
+    stuck: int
+    candidates: list[tuple[torch.Tensor, torch.Tensor]]
+
+
+def split_relus(graph: Graph, prop: Property, spec: RegionSpec, options, deadline: float) -> Verdict:
+    """Decide one region by ReLU splitting (options: BaBOptions' relu_* fields); sat only with a
+    counterexample that verify.confirm accepts."""
+    from verikit.verify import confirm
+
+    if any(clause.coefficients.shape[0] == 0 for clause in spec.clauses):  # no row: the whole region is unsafe
+        center = spec.region.project(spec.region.bounding_box().center.unsqueeze(1))[0, 0].double()
+        with torch.no_grad():
+            point = (center, graph.to(torch.float64).forward_flat(center[None])[0])
+        return confirm(graph, prop, point, "bab") or Verdict("unknown", method="bab", detail="a clause without rows")
+    problem = _Problem(graph, spec, options)
+    if not problem.layers:
+        return Verdict("unknown", method="bab", detail="no ReLU to split")
+    outcome = problem.root()
+    queue, stuck, bounded, seconds_per_domain = outcome.domains, outcome.stuck, 1, 0.0
+    while True:
+        for candidate in outcome.candidates:
+            if verdict := confirm(graph, prop, candidate, "bab"):
+                verdict.detail = f"ReLU splitting: {bounded} domains bounded"
+                return verdict
+        if queue is None or not len(queue):
+            break
+        fits = (deadline - time.monotonic()) / max(seconds_per_domain, 1e-9)  # parents bounded in the time left
+        if fits < 1:
+            return Verdict("timeout", method="bab", detail=f"{len(queue)} ReLU domains open after {bounded} bounded")
+        if len(queue) > options.relu_max_domains:
+            return Verdict("unknown", method="bab", detail=f"ReLU domain limit {options.relu_max_domains} reached")
+        started = time.monotonic()
+        hardest = queue.priority.argsort()[: min(options.relu_batch, int(fits))]
+        rest = torch.ones(len(queue), dtype=torch.bool)
+        rest[hardest] = False
+        parents, queue = queue.select(hardest), queue.select(rest.nonzero()[:, 0])
+        outcome = problem.bound_children(parents)
+        bounded += 2 * len(parents)
+        seconds_per_domain = (time.monotonic() - started) / len(parents)
+        stuck += outcome.stuck
+        if outcome.domains is not None:
+            queue = _Domains.concat([queue, outcome.domains])
+    if stuck:
+        return Verdict("unknown", method="bab", detail=f"{stuck} domains open with every ReLU decided")
+    return Verdict("unsat", method="bab", detail=f"ReLU splitting: {bounded} domains bounded")
+
+
+class _Problem:
+    """One region's branch and bound: the graph in float32 and float64, the clause rows, the ReLU layout."""
+
+    def __init__(self, graph: Graph, spec: RegionSpec, options):
+        self.graph, self.graph64, self.spec = graph.to(F32), graph.to(torch.float64), spec
+        self.region = spec.region.to(F32)
+        self.rows = torch.cat([c.coefficients for c in spec.clauses]).to(F32)
+        self.rhs = torch.cat([c.rhs for c in spec.clauses]).to(F32)
+        self.owner = torch.cat([torch.full((c.coefficients.shape[0],), i) for i, c in enumerate(spec.clauses)])
+        self.alpha = AlphaCrownOptions(steps=options.relu_alpha_steps)
+        self.attack_points, self.batch_rows = options.relu_attack_points, options.relu_batch_rows
+        self.beta = options.relu_beta
+        self.relaxed = values_to_relax(self.graph)
+        self.layers = _relu_layers(self.graph)
+        self.positions = {node.output: i for i, node in enumerate(self.graph.nodes)}
+
+    def root(self) -> _Outcome:
+        """Bound the whole region (intermediate slopes optimised too) and choose its first split."""
+        rows = self.rows.unsqueeze(0).reshape(1, len(self.rows), *self.graph.output_shape)
+        with torch.no_grad():
+            bounds = layer_bounds(self.graph, self.region, "adaptive", {}, batch_rows=self.batch_rows)
+        bounds, _ = tighten_intermediate(self.graph, self.region, rows, bounds,
+                                         dataclasses.replace(self.alpha, steps=20))
+        open_clauses = torch.ones(1, len(self.spec.clauses), dtype=torch.bool)
+        return self._finish(bounds, open_clauses)
+
+    def bound_children(self, parents: _Domains) -> _Outcome:
+        """Split every parent on its chosen neuron and bound the children (the intermediate bounds
+        grouped by the split layer, as the layers before it keep theirs; the rows all at once)."""
+        groups, open_clauses = [], []
+        for layer in self.layers:
+            chosen = (parents.branch >= layer.offset) & (parents.branch < layer.offset + layer.size)
+            if bool(chosen.any()):
+                group = parents.select(chosen.nonzero()[:, 0])
+                groups.append(self._split_and_rebound(group, layer))
+                open_clauses += [group.open, group.open]
+        bounds = {name: Interval(torch.cat([g[name].lower for g in groups]), torch.cat([g[name].upper for g in groups]))
+                  for name in self.relaxed}
+        region = self.region.select(torch.zeros(2 * len(parents), dtype=torch.long))
+        return self._finish(bounds, torch.cat(open_clauses), region)
+
+    def _split_and_rebound(self, parents: _Domains, layer: _Layer) -> dict[str, Interval]:
+        """The bounds of the children of parents that all split a neuron of `layer`: first every
+        parent's active child, then every inactive one."""
+        count, local = len(parents), parents.branch - layer.offset
+        index = torch.arange(count)
+        reference = {}
+        for name, bound in parents.bounds.items():
+            lower, upper = (torch.cat([t, t]) for t in (bound.lower, bound.upper))
+            if name == layer.value:
+                shape = lower.shape
+                lower, upper = lower.flatten(1).clone(), upper.flatten(1).clone()
+                lower[index, local] = lower[index, local].clamp(min=0)  # active: z >= 0
+                upper[count + index, local] = upper[count + index, local].clamp(max=0)  # inactive: z <= 0
+                lower, upper = lower.reshape(shape), upper.reshape(shape)
+            reference[name] = Interval(lower, upper)
+        known = {k: v for k, v in reference.items() if self.positions.get(k, -1) <= layer.position}
+        region = self.region.select(torch.zeros(2 * count, dtype=torch.long))
+        with torch.no_grad():
+            bounds = layer_bounds(self.graph, region, "adaptive", known, batch_rows=self.batch_rows,
+                                  reference=reference, skip_stable=True)
+        return {name: bounds[name] for name in self.relaxed}
+
+    def _finish(self, bounds: dict[str, Interval], open_clauses: torch.Tensor, region: Region | None = None,
+                ) -> _Outcome:
+        """Bound the open clause rows of each domain, drop what is refuted, look for a counterexample
+        and choose the next split of what is left."""
+        region = region if region is not None else self.region
+        feasible = torch.ones(open_clauses.shape[0], dtype=torch.bool)
+        for name in self.relaxed:
+            gap = (bounds[name].lower - bounds[name].upper).flatten(1)
+            feasible &= ~(gap > 1e-5 * (1 + bounds[name].upper.abs().flatten(1))).any(1)
+        open_clauses = open_clauses & feasible.unsqueeze(1)
+        domain, row = open_clauses[:, self.owner].nonzero(as_tuple=True)
+        if not len(domain):
+            return _Outcome(None, 0, [])
+        folded_region, folded_bounds = fold(self.graph, region, bounds, domain)
+        record: dict[str, torch.Tensor] = {}
+        rows = self.rows[row].reshape(len(row), 1, *self.graph.output_shape)
+        signs = {layer.value: _signs(folded_bounds[layer.value]) for layer in self.layers} if self.beta else None
+        margin = optimize_folded(self.graph, folded_region, rows, folded_bounds, self.alpha, record, signs,
+                                 stop_at=self.rhs[row]) - self.rhs[row]
+        refuted = torch.zeros_like(open_clauses)
+        refuted[domain[margin > 0], self.owner[row[margin > 0]]] = True
+        open_clauses = open_clauses & ~refuted
+        live = open_clauses[domain, self.owner[row]]  # pairs whose clause is still open
+        candidates = self._attack(record[self.graph.input_name], margin, live)
+        alive = open_clauses.any(1)
+        if not bool(alive.any()):
+            return _Outcome(None, 0, candidates)
+        score = self._branch_scores(bounds, folded_bounds, record, domain, live, len(open_clauses))
+        best, branch = score.max(1)
+        leaves = (alive & (best == float("-inf"))).nonzero()[:, 0]
+        for leaf in leaves.tolist():
+            open_clauses[leaf], points = self._solve_leaf(bounds, leaf, open_clauses[leaf])
+            candidates += points
+        keep = alive & (best > float("-inf"))
+        stuck = int(open_clauses[leaves].any(1).sum())
+        priority = self._priority(margin, domain, row, open_clauses)
+        stored = {name: Interval(bounds[name].lower.expand(len(alive), *bounds[name].lower.shape[1:]),
+                                 bounds[name].upper.expand(len(alive), *bounds[name].upper.shape[1:]))
+                  for name in self.relaxed}
+        domains = _Domains(stored, open_clauses, priority, branch).select(keep.nonzero()[:, 0])
+        return _Outcome(domains if len(domains) else None, stuck, candidates)
+
+    def _solve_leaf(self, bounds: dict[str, Interval], index: int, open_clauses: torch.Tensor):
+        """A domain with every ReLU decided: with its bounds boxing every value, the LP encoding is
+        exact for piecewise-linear nets (and a sound relaxation otherwise), so one LP per open clause
+        refutes it (infeasible) or gives a candidate point. Returns the clauses left open and the
+        candidates (x, y); regions or ops the LP cannot encode leave the domain open."""
+        try:
+            encoding = encode_graph(self.graph64, self.spec.region.to(torch.float64), select_problem(bounds, index))
+        except VerikitError:
+            return open_clauses, []
+        outputs, still_open, candidates = encoding.values[self.graph.output_name].reshape(-1), open_clauses.clone(), []
+        for clause_index in open_clauses.nonzero()[:, 0].tolist():
+            clause, model = self.spec.clauses[clause_index], copy.deepcopy(encoding.model)
+            coefficients = clause.coefficients.double().numpy()
+            model.add_rows(np.broadcast_to(outputs, coefficients.shape), coefficients, upper=clause.rhs.double().numpy())
+            constraints = self.spec.input_constraints
+            if constraints is not None:
+                a = constraints.coefficients.double().numpy()
+                model.add_rows(np.broadcast_to(encoding.inputs, a.shape), a, upper=constraints.rhs.double().numpy())
+            solution = model.minimize(model.objective(outputs, coefficients[0]))
+            if solution.status == "infeasible":
+                still_open[clause_index] = False
+            elif solution.x is not None:
+                x = torch.from_numpy(solution.x[encoding.inputs])  # projected: the LP's tolerances
+                x = self.spec.region.to(torch.float64).project(x.reshape(1, 1, -1))[0, 0]
+                with torch.no_grad():
+                    candidates.append((x, self.graph64.forward_flat(x[None])[0]))
+        return still_open, candidates
+
+    def _branch_scores(self, bounds, folded_bounds, record, domain, live, count) -> torch.Tensor:
+        """[D, neurons]: summed over each domain's open rows, the coefficient on every unstable ReLU's
+        output times its upper line's intercept -l u / (u - l); -inf where stable."""
+        parts = []
+        for layer in self.layers:
+            lower, upper = (t.flatten(1) for t in (folded_bounds[layer.value].lower, folded_bounds[layer.value].upper))
+            coefficient = record[layer.output].flatten(2)[:, 0] * live.unsqueeze(1)
+            unstable = (lower < 0) & (upper > 0)
+            intercept = torch.where(unstable, -lower * upper / (upper - lower).clamp_min(1e-12), 0.0)
+            per_pair = coefficient.clamp(min=0) * intercept + 1e-6 * coefficient.abs() * intercept
+            score = torch.zeros(count, layer.size, dtype=per_pair.dtype).index_add_(0, domain, per_pair)
+            whole = bounds[layer.value]
+            stable = ((whole.lower >= 0) | (whole.upper <= 0)).flatten(1).expand(count, -1)
+            parts.append(score.masked_fill(stable, float("-inf")))
+        return torch.cat(parts, dim=1)
+
+    def _priority(self, margin, domain, row, open_clauses) -> torch.Tensor:
+        """Per domain, the margin of its worst open clause (a clause's margin: its best row's)."""
+        count, clauses = open_clauses.shape
+        flat = torch.full((count * clauses,), float("-inf"))
+        flat.scatter_reduce_(0, domain * clauses + self.owner[row], margin.detach(), "amax")
+        return flat.reshape(count, clauses).masked_fill(~open_clauses, float("inf")).amin(1)
+
+    def _attack(self, input_coefficients, margin, live):
+        """The points minimising each open row's linear bound, then PGD from the lowest-margin ones;
+        returns the best violating (x, y), if any, in a list."""
+        if input_coefficients is None or not bool(live.any()):
+            return []
+        points = _maximiser(self.spec.region, input_coefficients.flatten(1)[live].double())
+        worst = margin[live].argsort()[: self.attack_points]
+        points = torch.cat([points, _descend(self.graph64, self.spec, points[worst])])
+        with torch.no_grad():
+            outputs = self.graph64.forward_flat(points)
+            violation = self.spec.violation(points, outputs)
+        best = int(violation.argmin())
+        return [(points[best], outputs[best])] if float(violation[best]) <= 0 else []
+
+
+def _relu_layers(graph: Graph) -> list[_Layer]:
+    """Every ReLU / LeakyReLU input value that can be split (not the graph input itself), in order."""
+    positions = {node.output: i for i, node in enumerate(graph.nodes)}
+    layers, offset = [], 0
+    for node in graph.nodes:
+        value = node.inputs[0] if node.inputs else None
+        if node.op_type in SPLIT_OPS and value in positions and all(l.value != value for l in layers):
+            size = prod(graph.shapes[value])
+            layers.append(_Layer(value, node.output, offset, size, positions[value]))
+            offset += size
+    return layers
+
+
+def _signs(bound: Interval) -> torch.Tensor:
+    """+1 where a value is known non-negative, -1 where known non-positive, 0 elsewhere."""
+    return (bound.lower >= 0).to(bound.lower.dtype) - ((bound.upper <= 0) & (bound.lower < 0)).to(bound.lower.dtype)
+
+
+def _maximiser(region: Region, coefficients: torch.Tensor) -> torch.Tensor:
+    """Per row p, a point of the (one-problem) region maximising coefficients[p] . x ([P, n] -> [P, n])."""
+    region = region.to(torch.float64)
+    if isinstance(region, Box):
+        return torch.where(coefficients > 0, region.upper, region.lower)
+    radius = region.radius.reshape(-1, 1)
+    if region.norm == float("inf"):
+        step = coefficients.sign()
+    elif region.norm == 2.0:
+        step = coefficients / coefficients.norm(dim=1, keepdim=True).clamp_min(1e-30)
+    else:
+        largest = coefficients.abs().argmax(1, keepdim=True)
+        step = torch.zeros_like(coefficients).scatter_(1, largest, coefficients.gather(1, largest).sign())
+    return region.project((region.center + radius * step).unsqueeze(0))[0]
+
+
+def _descend(graph64: Graph, spec: RegionSpec, starts: torch.Tensor, steps: int = 10) -> torch.Tensor:
+    """A few signed-gradient steps from `starts` ([M, n]) down the spec's violation, kept in the region."""
+    region = spec.region.to(torch.float64)
+    box = region.bounding_box()
+    width = (box.upper - box.lower).reshape(1, -1)
+    x = starts.detach().clone()
+    for step in range(steps):
+        with torch.enable_grad():
+            x.requires_grad_(True)
+            violation = spec.violation(x, graph64.forward_flat(x))
+            (gradient,) = torch.autograd.grad(violation.sum(), x)
+        size = 0.2 * (1 - step / steps) + 0.01  # a fraction of the box width, decaying
+        with torch.no_grad():
+            x = region.project((x - size * width * gradient.sign()).unsqueeze(0))[0]
+    return x.detach()
