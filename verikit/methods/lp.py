@@ -9,7 +9,9 @@ so it is sound even where the solver's own optimum is off by its tolerances.
 `dual-lp` takes the intermediate bounds from `fast-lin` (then the LP is never looser than fast-lin:
 every relaxation fast-lin uses contains the triangle). `lp-full` also re-bounds, in topological order,
 every neuron whose relaxation is not exact by two LPs (its min and max) over the network up to it,
-before the next layer is encoded: tighter, and far slower.
+before the next layer is encoded: tighter, and far slower. On piecewise-linear networks lp-full is never
+looser than dual-lp (the triangle shrinks with its bounds); tangent/chord and max-pool window lines are
+not nested in their bounds, so with those a row can come out marginally looser.
 """
 from __future__ import annotations
 
