@@ -115,6 +115,17 @@ def residual(path: Path, projection: bool = False, seed=0) -> Path:
     return net.save(path)
 
 
+def tiny_net(path: Path) -> Path:
+    """The hand-checked 2-2-1 ReLU net: z = [x1 + x2 + 0.5, x1 - x2], y = 2 relu(z1) - relu(z2) + 0.25."""
+    net = NetBuilder((1, 2))
+    w1, b1 = net.constant(np.array([[1.0, 1.0], [1.0, -1.0]])), net.constant(np.array([0.5, 0.0]))
+    net.op("Gemm", w1, b1, transB=1, shape=(1, 2))
+    net.op("Relu")
+    w2, b2 = net.constant(np.array([[2.0, -1.0]])), net.constant(np.array([0.25]))
+    net.op("Gemm", w2, b2, transB=1, shape=(1, 1))
+    return net.save(path)
+
+
 def every_family(folder: Path) -> dict[str, Path]:
     """One random net per op family, written into `folder`."""
     return {

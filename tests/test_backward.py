@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from netgen import NetBuilder, cnn, every_family, mlp
+from netgen import NetBuilder, cnn, every_family, mlp, tiny_net
 from verikit.bounds import Interval
 from verikit.graph import Graph
 from verikit.methods.ibp import IBP
@@ -45,15 +45,6 @@ def subtract_block(path):
     net.op("Relu")
     net.gemm(2)
     return net.save(path)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These problems are tiny: one thread avoids thread contention that slows them 10-100x on a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -168,17 +159,6 @@ def test_bounds_are_exact_where_the_net_is_affine(tmp_path, net):
             assert bool(((bound.lower >= 0) | (bound.upper <= 0)).all())
         torch.testing.assert_close(result.lower, truth.lower, rtol=0, atol=1e-12)
         torch.testing.assert_close(result.upper, truth.upper, rtol=0, atol=1e-12)
-
-
-def tiny_net(path):
-    """2-2-1: z = W1 x + b1, h = relu(z), y = W2 h + b2."""
-    net = NetBuilder((1, 2))
-    w1, b1 = net.constant(np.array([[1.0, 1.0], [1.0, -1.0]])), net.constant(np.array([0.5, 0.0]))
-    net.op("Gemm", w1, b1, transB=1, shape=(1, 2))
-    net.op("Relu")
-    w2, b2 = net.constant(np.array([[2.0, -1.0]])), net.constant(np.array([0.25]))
-    net.op("Gemm", w2, b2, transB=1, shape=(1, 1))
-    return net.save(path)
 
 
 def test_hand_computed_fast_lin_and_crown_bounds(tmp_path):

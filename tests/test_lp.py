@@ -9,7 +9,7 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from netgen import NetBuilder, cnn, every_family, mlp
+from netgen import NetBuilder, cnn, every_family, mlp, tiny_net
 from verikit.errors import PluginError, VerikitError
 from verikit.lp.encode import F64, LPModel, encode_graph, encoding_bounds, select_problem
 from verikit.methods.linear_relaxation import FastLin, LinearRelaxationOptions
@@ -19,14 +19,6 @@ from verikit.plugins import get_method
 from verikit.region import Box, LpBall
 
 S_SHAPED = ("sigmoid-mlp", "tanh-mlp", "atan-mlp", "cnn-sigmoid")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def odd_ops(path):
@@ -162,17 +154,6 @@ def test_lp_bounds_contain_sampled_values(networks, family):
         bound = DualLP().bound(graph, region, rows, None, intermediate)
         assert bound.contains(values, 1e-9), f"{family}/{name}"
         assert intermediate, "the fast-lin intermediate bounds are handed back"
-
-
-def tiny_net(path):
-    """2-2-1: z = [x1 + x2 + 0.5, x1 - x2], y = 2 relu(z1) - relu(z2) + 0.25."""
-    net = NetBuilder((1, 2))
-    w1, b1 = net.constant(np.array([[1.0, 1.0], [1.0, -1.0]])), net.constant(np.array([0.5, 0.0]))
-    net.op("Gemm", w1, b1, transB=1, shape=(1, 2))
-    net.op("Relu")
-    w2, b2 = net.constant(np.array([[2.0, -1.0]])), net.constant(np.array([0.25]))
-    net.op("Gemm", w2, b2, transB=1, shape=(1, 1))
-    return net.save(path)
 
 
 def test_hand_computed_triangle_lp(tmp_path):

@@ -26,14 +26,6 @@ TINY = {"relu-mlp": 0.3, "leaky-mlp": 0.3, "cnn-avgpool-bn": 0.03, "cnn-maxpool"
         "residual-identity": 0.005, "residual-projection": 0.02}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def networks(tmp_path_factory):
     return {name: load_model(path).to(F64) for name, path in every_family(tmp_path_factory.mktemp("milp")).items()}

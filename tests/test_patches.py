@@ -25,14 +25,6 @@ F64 = torch.float64
 CNN_CERT = CnnCert()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def plain(path, seed=0):
     """VALID conv -> BN -> relu -> SAME_UPPER stride-2 conv (asymmetric pads) -> sigmoid -> average
     pool with pads (count_include_pad=0) -> fc."""

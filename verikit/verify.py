@@ -16,7 +16,7 @@ import torch
 from verikit.graph import Graph
 from verikit.methods.base import Verdict
 from verikit.plugins import get_method, registry
-from verikit.spec.property import OutputClause, Property, RegionSpec
+from verikit.spec.property import Property, RegionSpec
 
 DEFAULT_BOUND_ORDER = ("ibp", "crown", "alpha-crown")
 STRONG_ATTACK = {"restarts": 4096, "max_points": 4096, "steps": 50, "seed": 1}
