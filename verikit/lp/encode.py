@@ -15,7 +15,6 @@ import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
-import scipy.sparse as sparse
 import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
@@ -112,8 +111,10 @@ class LPModel:
         np.add.at(cost, indices.ravel(), np.asarray(coefficients, dtype=float).ravel())
         return cost
 
-    def matrix(self) -> tuple[sparse.csr_matrix, np.ndarray, np.ndarray]:
-        """The rows as a CSR matrix [rows, size] with their lower and upper bounds (cached)."""
+    def matrix(self) -> tuple:
+        """The rows as a scipy CSR matrix [rows, size] with their lower and upper bounds (cached)."""
+        import scipy.sparse as sparse  # here, not at import: scipy costs start-up the bound methods never need
+
         if "matrix" not in self._cache:
             rows, columns, values = (np.concatenate([e[i] for e in self._entries] or [np.zeros(0)]) for i in range(3))
             matrix = sparse.coo_matrix((values, (rows.astype(np.int64), columns.astype(np.int64))),
@@ -166,6 +167,8 @@ class LPModel:
 
     def _inequality_form(self) -> tuple:
         """A_ub x <= b_ub and A_eq x = b_eq, as linprog takes them (cached)."""
+        import scipy.sparse as sparse
+
         if "inequality" not in self._cache:
             matrix, lower, upper = self.matrix()
             equal = lower == upper
