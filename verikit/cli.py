@@ -2,6 +2,7 @@
 exits non-zero on error (2 for bad input, 1 for an internal failure)."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sys
@@ -106,15 +107,15 @@ def verify(model, spec, methods, attack, complete, timeout, results, no_check, q
     from verikit.verify import VerifyOptions, verify as run_verify
 
     use_threads()
-    console = _console()
+    console = None if quiet else _console()  # rich costs start-up: not loaded for --quiet
     try:
-        with console.status("loading model", spinner="dots") as status:
+        with (console.status("loading model", spinner="dots") if console else contextlib.nullcontext()) as status:
             graph = load_model(model, check=not no_check)
             prop = load_spec(spec, graph)
             options = VerifyOptions(timeout=timeout, methods=tuple(methods) or None,
                                     attack=None if attack == "none" else attack,
                                     complete=None if complete == "none" else complete)
-            update = (lambda stage: status.update(f"{Path(model).name}: {stage}")) if not quiet else None
+            update = (lambda stage: status.update(f"{Path(model).name}: {stage}")) if console else None
             verdict = run_verify(graph, prop, options, progress=update)
     except VerikitError:
         if results:
@@ -122,7 +123,7 @@ def verify(model, spec, methods, attack, complete, timeout, results, no_check, q
         raise
     if results:
         write_result(results, verdict)
-    if not quiet:
+    if console:
         decided = f" by {verdict.method}" if verdict.method else ""
         console.print(f"{verdict.status}{decided} in {verdict.seconds:.2f} s"
                       + (f" ({verdict.detail})" if verdict.detail else ""))
