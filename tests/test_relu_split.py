@@ -1,6 +1,7 @@
-"""ReLU-split branch and bound (the `bab` method on inputs larger than max_inputs): never a wrong answer
-against the exact MILP optimum or verdict, decides instances that CROWN alone cannot, handles several
-clauses of several rows, balls, LeakyReLU, input constraints, and says timeout / unknown at its limits."""
+"""ReLU-split branch and bound (the `bab` method on inputs larger than max_inputs): split domains' bounds
+contain every point of the domain; never a wrong answer against the exact MILP optimum or verdict;
+decides instances that CROWN alone cannot; handles several clauses of several rows, balls, LeakyReLU,
+input constraints; says timeout / unknown at its limits."""
 from __future__ import annotations
 
 import time
@@ -9,10 +10,12 @@ import pytest
 import torch
 
 from netgen import mlp
+from verikit.bounds import Interval
 from verikit.methods.bab import BaBOptions, BranchAndBound
 from verikit.methods.linear_relaxation import Crown
 from verikit.onnx_import import load_model
 from verikit.plugins import get_method, registry
+from verikit.propagate.backward import layer_bounds
 from verikit.region import Box, LpBall
 from verikit.spec.property import InputConstraints, OutputClause, Property, RegionSpec
 from verikit.verify import VerifyOptions, verify
@@ -140,3 +143,40 @@ def test_verify_pipeline_uses_relu_splitting_for_wide_inputs(tmp_path):
     prop = one_row(graph, region, row, optimum - 0.1 * (optimum - crown))
     verdict = verify(graph, prop, VerifyOptions(timeout=30))
     assert verdict.status == "unsat" and verdict.method == "bab", verdict
+
+
+@pytest.mark.parametrize("phase", ["active", "inactive"])
+def test_split_domain_bounds_contain_every_point_of_the_domain(tmp_path, phase):
+    # Fix an unstable neuron of each ReLU layer, re-bound the later layers keeping the fixed bounds
+    # (as relu_split does): every sampled point of the sub-domain lies inside every bound.
+    graph = load_model(mlp(tmp_path / "d.onnx", "Relu", (12, 12, 12), inputs=5, outputs=3, seed=90)).to(F64)
+    region = box_around(2, 5, 0.5)
+    with torch.no_grad():
+        bounds = layer_bounds(graph, region, "adaptive", {})
+    values = [node.output for node in graph.nodes if node.op_type == "Gemm"][:-1]
+    points = region.sample(40000, torch.Generator().manual_seed(4))[0]
+    with torch.no_grad():
+        samples = graph.forward(points, keep_all=True)
+    inside = torch.ones(len(points), dtype=torch.bool)
+    reference = dict(bounds)
+    for value in values[:2]:
+        bound = reference[value]
+        neuron = int(((bound.lower < 0) & (bound.upper > 0)).flatten().nonzero()[0, 0])
+        lower, upper = bound.lower.flatten(1).clone(), bound.upper.flatten(1).clone()
+        if phase == "active":
+            lower[0, neuron] = 0.0
+            inside &= samples[value].flatten(1)[:, neuron] >= 0
+        else:
+            upper[0, neuron] = 0.0
+            inside &= samples[value].flatten(1)[:, neuron] <= 0
+        reference[value] = Interval(lower.reshape(bound.lower.shape), upper.reshape(bound.upper.shape))
+        with torch.no_grad():
+            reference = layer_bounds(graph, region, "adaptive", {values[0]: reference[values[0]]},
+                                     reference=reference, skip_stable=True)
+    assert int(inside.sum()) > 200
+    tighter = 0
+    for value in values:
+        assert reference[value].contains(samples[value][inside], 1e-9), value
+        tighter += float((reference[value].upper - reference[value].lower).sum()) < \
+            float((bounds[value].upper - bounds[value].lower).sum()) - 1e-6
+    assert tighter >= 2  # the split layers and some later one got tighter

@@ -21,6 +21,7 @@ from typing import ClassVar
 
 import torch
 
+from verikit.adam import Adam
 from verikit.bounds import Interval
 from verikit.graph import Graph
 from verikit.hookspecs import hookimpl
@@ -64,7 +65,8 @@ class AlphaCrown(Method):
         dtype, device = DTYPES[options.dtype], region_device(region)
         graph, region = graph.to(dtype, device), region.to(dtype, device)
         rows = coefficients.to(dtype=dtype, device=device)
-        known = {name: b.to(dtype) for name, b in (intermediate or {}).items()}
+        known = {name: Interval(b.lower.to(dtype=dtype, device=device), b.upper.to(dtype=dtype, device=device))
+                 for name, b in (intermediate or {}).items()}
         with torch.no_grad():
             bounds = layer_bounds(graph, region, "adaptive", known, intersect_ibp=options.intersect_ibp,
                                   batch_rows=options.batch_rows)
@@ -174,7 +176,7 @@ def _ascend(objective, groups: list[tuple[list[torch.Tensor], float, float]], op
     """Adam ascent of objective() (a vector of lower bounds) over groups of parameters (tensors,
     learning rate, upper limit; all projected into [0, limit]); returns the best value per entry
     (the first step uses the initial parameters)."""
-    adams = [_Adam(tensors, lr, limit) for tensors, lr, limit in groups if tensors]
+    adams = [Adam(tensors, lr, maximize=True, limits=(0.0, limit)) for tensors, lr, limit in groups if tensors]
     parameters = [p for adam in adams for p in adam.parameters]
     best = None
     for step in range(max(1, options.steps)):
@@ -190,31 +192,8 @@ def _ascend(objective, groups: list[tuple[list[torch.Tensor], float, float]], op
             break
         gradients = iter(torch.autograd.grad(value.sum(), parameters, allow_unused=True))
         for adam in adams:
-            adam.ascend([next(gradients) for _ in adam.parameters], options.lr_decay ** step)
+            adam.step([next(gradients) for _ in adam.parameters], options.lr_decay ** step)
     return best
-
-
-class _Adam:
-    """Adam (Kingma & Ba 2015) ascending in place, parameters projected into [0, limit] after a step.
-    (Written out: torch.optim's first use imports the compiler stack, seconds per process.)"""
-
-    def __init__(self, parameters: list[torch.Tensor], lr: float, limit: float, betas=(0.9, 0.999),
-                 eps: float = 1e-8):
-        self.parameters, self.lr, self.limit, self.betas, self.eps, self.count = parameters, lr, limit, betas, eps, 0
-        self.first = [torch.zeros_like(p) for p in parameters]
-        self.second = [torch.zeros_like(p) for p in parameters]
-
-    def ascend(self, gradients, decay: float) -> None:
-        self.count += 1
-        (b1, b2), t = self.betas, self.count
-        with torch.no_grad():
-            for p, g, m, v in zip(self.parameters, gradients, self.first, self.second):
-                if g is None:
-                    continue
-                m.mul_(b1).add_(g, alpha=1 - b1)
-                v.mul_(b2).addcmul_(g, g, value=1 - b2)
-                step = (m / (1 - b1 ** t)) / ((v / (1 - b2 ** t)).sqrt() + self.eps)
-                p.add_(step, alpha=self.lr * decay).clamp_(0.0, self.limit)
 
 
 def _keep_improved(record: dict, step_record: dict, improved: torch.Tensor) -> None:

@@ -1,7 +1,6 @@
 """`bab`: complete verification by branch and bound (Bunel et al. 2018; Wang et al. 2021).
 
-Larger inputs are split by ReLU phases instead (verikit.methods.relu_split).
-
+Inputs with more than `max_inputs` dimensions are split by ReLU phases (verikit.methods.relu_split).
 Input splitting (for low-dimensional inputs, e.g. ACAS Xu's 5): a domain is a sub-box of a region
 with the clauses not yet refuted in it. Batches of domains are bounded at once with a bound method;
 a clause is refuted in a domain when one of its rows has a positive lower bound. Open domains are
@@ -30,9 +29,9 @@ from verikit.spec.property import Property, RegionSpec
 class BaBOptions:
     """bound_method: bounds each batch of domains; batch: domains bounded at once; max_inputs: the
     largest input dimension split directly (larger inputs go to ReLU splitting, relu_split.py);
-    max_domains: a memory cap on the queue. relu_*: the ReLU-splitting counterparts (parents split at
-    once, alpha-CROWN steps per bounding (1: plain CROWN), beta-CROWN split multipliers, queue cap, PGD starts per batch, rows per
-    backward pass of the intermediate bounds)."""
+    max_domains: a memory cap on the queue. relu_*: ReLU splitting's parents split at once,
+    alpha-CROWN steps per bounding (1: plain CROWN), beta-CROWN split multipliers on or off, queue cap,
+    PGD starts per batch, and rows per backward pass of the intermediate bounds."""
 
     bound_method: str = "crown"
     batch: int = 512
@@ -41,7 +40,7 @@ class BaBOptions:
     relu_batch: int = 256
     relu_alpha_steps: int = 10
     relu_beta: bool = True
-    relu_max_domains: int = 200_000
+    relu_max_domains: int = 100_000
     relu_attack_points: int = 16
     relu_batch_rows: int = 65_536
 

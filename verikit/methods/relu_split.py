@@ -1,4 +1,4 @@
-"""Branch and bound over ReLU phases (Bunel et al. 2018/2020; Wang et al. 2021 without the beta terms).
+"""Branch and bound over ReLU phases (Bunel et al. 2018/2020; beta-CROWN, Wang et al. 2021).
 
 A domain is the region plus a set of ReLU phase decisions: {x in region : z_j(x) >= 0 for the neurons
 j split active, z_j(x) <= 0 for those split inactive}, with z_j the ReLU's input. A decision is stored
@@ -14,9 +14,12 @@ refutes the region. A domain whose kept bounds cross (lower > upper) is empty.
 Each step takes the hardest open domains (lowest bound), splits each on the neuron of largest
 BaBSR-like score (the backward coefficient on the ReLU's output times the intercept -l u / (u - l) of
 its upper line: how much that line loosens the bound), bounds the children in one batch (one problem
-per open clause row, slopes optimised by alpha-CROWN), drops refuted clauses and empty domains, and
-tries the points minimising each row's linear bound (inside the region, so any violation is a real
-counterexample) plus a few PGD steps from the most promising ones.
+per open clause row: slopes optimised by alpha-CROWN, plus beta-CROWN's multipliers on the sign
+constraints the domain's bounds imply), drops refuted clauses and empty domains, and tries the points
+minimising each row's linear bound (inside the region, so any violation is a real counterexample)
+plus a few PGD steps from the most promising ones. A domain with every ReLU decided is settled by an
+LP over its bounds (exact there for piecewise-linear nets); one the LP cannot settle makes the answer
+`unknown` rather than `unsat`.
 """
 from __future__ import annotations
 
@@ -98,7 +101,8 @@ def split_relus(graph: Graph, prop: Property, spec: RegionSpec, options, deadlin
         center = spec.region.project(spec.region.bounding_box().center.unsqueeze(1))[0, 0].double()
         with torch.no_grad():
             point = (center, graph.to(torch.float64).forward_flat(center[None])[0])
-        return confirm(graph, prop, point, "bab") or Verdict("unknown", method="bab", detail="a clause without rows")
+        found = confirm(graph, prop, point, "bab")
+        return found or Verdict("unknown", method="bab", detail="a clause without rows")
     problem = _Problem(graph, spec, options)
     if not problem.layers:
         return Verdict("unknown", method="bab", detail="no ReLU to split")
@@ -113,7 +117,8 @@ def split_relus(graph: Graph, prop: Property, spec: RegionSpec, options, deadlin
             break
         fits = (deadline - time.monotonic()) / max(seconds_per_domain, 1e-9)  # parents bounded in the time left
         if fits < 1:
-            return Verdict("timeout", method="bab", detail=f"{len(queue)} ReLU domains open after {bounded} bounded")
+            detail = f"{len(queue)} ReLU domains open after {bounded} bounded"
+            return Verdict("timeout", method="bab", detail=detail)
         if len(queue) > options.relu_max_domains:
             return Verdict("unknown", method="bab", detail=f"ReLU domain limit {options.relu_max_domains} reached")
         started = time.monotonic()
@@ -168,8 +173,8 @@ class _Problem:
                 group = parents.select(chosen.nonzero()[:, 0])
                 groups.append(self._split_and_rebound(group, layer))
                 open_clauses += [group.open, group.open]
-        bounds = {name: Interval(torch.cat([g[name].lower for g in groups]), torch.cat([g[name].upper for g in groups]))
-                  for name in self.relaxed}
+        bounds = {name: Interval(torch.cat([g[name].lower for g in groups]),
+                                 torch.cat([g[name].upper for g in groups])) for name in self.relaxed}
         region = self.region.select(torch.zeros(2 * len(parents), dtype=torch.long))
         return self._finish(bounds, torch.cat(open_clauses), region)
 
@@ -197,45 +202,44 @@ class _Problem:
 
     def _finish(self, bounds: dict[str, Interval], open_clauses: torch.Tensor, region: Region | None = None,
                 ) -> _Outcome:
-        """Bound the open clause rows of each domain, drop what is refuted, look for a counterexample
-        and choose the next split of what is left."""
-        region = region if region is not None else self.region
-        feasible = torch.ones(open_clauses.shape[0], dtype=torch.bool)
-        for name in self.relaxed:
-            gap = (bounds[name].lower - bounds[name].upper).flatten(1)
-            feasible &= ~(gap > 1e-5 * (1 + bounds[name].upper.abs().flatten(1))).any(1)
-        open_clauses = open_clauses & feasible.unsqueeze(1)
+        """Bound the open clause rows of each domain, drop what is refuted, look for counterexamples
+        and choose the next split of what is left (a domain with none left goes to the LP)."""
+        open_clauses = open_clauses & _feasible(bounds, self.relaxed).unsqueeze(1)
         domain, row = open_clauses[:, self.owner].nonzero(as_tuple=True)
         if not len(domain):
             return _Outcome(None, 0, [])
-        folded_region, folded_bounds = fold(self.graph, region, bounds, domain)
-        record: dict[str, torch.Tensor] = {}
-        rows = self.rows[row].reshape(len(row), 1, *self.graph.output_shape)
-        signs = {layer.value: _signs(folded_bounds[layer.value]) for layer in self.layers} if self.beta else None
-        margin = optimize_folded(self.graph, folded_region, rows, folded_bounds, self.alpha, record, signs,
-                                 stop_at=self.rhs[row]) - self.rhs[row]
+        region = region if region is not None else self.region
+        margin, record, folded_bounds = self._margins(bounds, region, domain, row)
         refuted = torch.zeros_like(open_clauses)
         refuted[domain[margin > 0], self.owner[row[margin > 0]]] = True
         open_clauses = open_clauses & ~refuted
         live = open_clauses[domain, self.owner[row]]  # pairs whose clause is still open
         candidates = self._attack(record[self.graph.input_name], margin, live)
-        alive = open_clauses.any(1)
-        if not bool(alive.any()):
+        if not bool(open_clauses.any()):
             return _Outcome(None, 0, candidates)
-        score = self._branch_scores(bounds, folded_bounds, record, domain, live, len(open_clauses))
-        best, branch = score.max(1)
-        leaves = (alive & (best == float("-inf"))).nonzero()[:, 0]
+        best, branch = self._branch_scores(bounds, folded_bounds, record, domain, live, len(open_clauses)).max(1)
+        leaves = (open_clauses.any(1) & (best == float("-inf"))).nonzero()[:, 0]
         for leaf in leaves.tolist():
             open_clauses[leaf], points = self._solve_leaf(bounds, leaf, open_clauses[leaf])
             candidates += points
-        keep = alive & (best > float("-inf"))
-        stuck = int(open_clauses[leaves].any(1).sum())
+        keep = (open_clauses.any(1) & (best > float("-inf"))).nonzero()[:, 0]
         priority = self._priority(margin, domain, row, open_clauses)
-        stored = {name: Interval(bounds[name].lower.expand(len(alive), *bounds[name].lower.shape[1:]),
-                                 bounds[name].upper.expand(len(alive), *bounds[name].upper.shape[1:]))
+        stored = {name: Interval(*(t.expand(len(open_clauses), *t.shape[1:]) for t in (bounds[name].lower,
+                                                                                       bounds[name].upper)))
                   for name in self.relaxed}
-        domains = _Domains(stored, open_clauses, priority, branch).select(keep.nonzero()[:, 0])
-        return _Outcome(domains if len(domains) else None, stuck, candidates)
+        domains = _Domains(stored, open_clauses, priority, branch).select(keep)
+        return _Outcome(domains if len(domains) else None, int(open_clauses[leaves].any(1).sum()), candidates)
+
+    def _margins(self, bounds: dict[str, Interval], region: Region, domain: torch.Tensor, row: torch.Tensor):
+        """Lower bound minus right-hand side of each (domain, row) pair, slopes (and betas) optimised;
+        also the backward coefficients at the best step and the bounds folded per pair."""
+        folded_region, folded_bounds = fold(self.graph, region, bounds, domain)
+        rows = self.rows[row].reshape(len(row), 1, *self.graph.output_shape)
+        signs = {layer.value: _signs(folded_bounds[layer.value]) for layer in self.layers} if self.beta else None
+        record: dict[str, torch.Tensor] = {}
+        lower = optimize_folded(self.graph, folded_region, rows, folded_bounds, self.alpha, record, signs,
+                                stop_at=self.rhs[row])
+        return lower - self.rhs[row], record, folded_bounds
 
     def _solve_leaf(self, bounds: dict[str, Interval], index: int, open_clauses: torch.Tensor):
         """A domain with every ReLU decided: with its bounds boxing every value, the LP encoding is
@@ -243,18 +247,25 @@ class _Problem:
         refutes it (infeasible) or gives a candidate point. Returns the clauses left open and the
         candidates (x, y); regions or ops the LP cannot encode leave the domain open."""
         try:
-            encoding = encode_graph(self.graph64, self.spec.region.to(torch.float64), select_problem(bounds, index))
+            region = self.spec.region.to(torch.float64)
+            known = {k: v.to(torch.float64) for k, v in select_problem(bounds, index).items()}
+            with torch.no_grad():  # every other value: the interval image of these
+                boxes = layer_bounds(self.graph64, region, "adaptive", known)
+            encoding = encode_graph(self.graph64, region, boxes)
         except VerikitError:
             return open_clauses, []
-        outputs, still_open, candidates = encoding.values[self.graph.output_name].reshape(-1), open_clauses.clone(), []
+        outputs = encoding.values[self.graph.output_name].reshape(-1)
+        still_open, candidates = open_clauses.clone(), []
         for clause_index in open_clauses.nonzero()[:, 0].tolist():
             clause, model = self.spec.clauses[clause_index], copy.deepcopy(encoding.model)
             coefficients = clause.coefficients.double().numpy()
-            model.add_rows(np.broadcast_to(outputs, coefficients.shape), coefficients, upper=clause.rhs.double().numpy())
+            rhs = clause.rhs.double().numpy()
+            model.add_rows(np.broadcast_to(outputs, coefficients.shape), coefficients, upper=rhs)
             constraints = self.spec.input_constraints
             if constraints is not None:
                 a = constraints.coefficients.double().numpy()
-                model.add_rows(np.broadcast_to(encoding.inputs, a.shape), a, upper=constraints.rhs.double().numpy())
+                b = constraints.rhs.double().numpy()
+                model.add_rows(np.broadcast_to(encoding.inputs, a.shape), a, upper=b)
             solution = model.minimize(model.objective(outputs, coefficients[0]))
             if solution.status == "infeasible":
                 still_open[clause_index] = False
@@ -270,7 +281,8 @@ class _Problem:
         output times its upper line's intercept -l u / (u - l); -inf where stable."""
         parts = []
         for layer in self.layers:
-            lower, upper = (t.flatten(1) for t in (folded_bounds[layer.value].lower, folded_bounds[layer.value].upper))
+            folded = folded_bounds[layer.value]
+            lower, upper = folded.lower.flatten(1), folded.upper.flatten(1)
             coefficient = record[layer.output].flatten(2)[:, 0] * live.unsqueeze(1)
             unstable = (lower < 0) & (upper > 0)
             intercept = torch.where(unstable, -lower * upper / (upper - lower).clamp_min(1e-12), 0.0)
@@ -316,9 +328,20 @@ def _relu_layers(graph: Graph) -> list[_Layer]:
     return layers
 
 
+def _feasible(bounds: dict[str, Interval], names: list[str]) -> torch.Tensor:
+    """[D]: False where some kept interval is empty (lower above upper beyond rounding): no point there."""
+    feasible = None
+    for name in names:
+        gap = (bounds[name].lower - bounds[name].upper).flatten(1)
+        empty = (gap > 1e-5 * (1 + bounds[name].upper.abs().flatten(1))).any(1)
+        feasible = ~empty if feasible is None else feasible & ~empty
+    return feasible
+
+
 def _signs(bound: Interval) -> torch.Tensor:
     """+1 where a value is known non-negative, -1 where known non-positive, 0 elsewhere."""
-    return (bound.lower >= 0).to(bound.lower.dtype) - ((bound.upper <= 0) & (bound.lower < 0)).to(bound.lower.dtype)
+    negative = (bound.upper <= 0) & (bound.lower < 0)
+    return (bound.lower >= 0).to(bound.lower.dtype) - negative.to(bound.lower.dtype)
 
 
 def _maximiser(region: Region, coefficients: torch.Tensor) -> torch.Tensor:
