@@ -42,7 +42,7 @@ def backward_bound(graph: Graph, region: Region, target: str, coefficients: torc
         raise ValueError(f"unknown relaxation mode {mode!r}: use one of {', '.join(RELAXATION_MODES)}")
     if sides not in SIDES:
         raise ValueError(f"unknown sides {sides!r}: use one of {', '.join(SIDES)}")
-    nodes = _upstream_in_reverse(graph, target)
+    nodes = upstream_in_reverse(graph, target)
     exact = all(node.linear for node in nodes)  # no relaxation: A alone gives both sides
     batch, rows = region.batch, coefficients.shape[1]
     coefficients = coefficients.expand(batch, *coefficients.shape[1:])
@@ -121,11 +121,11 @@ def layer_bounds(graph: Graph, region: Region, mode: str, known: dict[str, Inter
             kept = (reference or {}).get(node.output) if skip_stable else None
             bound = _back_substituted(graph, region, node.output, bounds, mode, batch_rows, kept,
                                       lower_slopes=lower_slopes, relaxations=relaxations)
-            bounds[node.output] = bound.intersect(_interval_image(node, bounds)) if intersect_ibp else bound
+            bounds[node.output] = bound.intersect(interval_image(node, bounds)) if intersect_ibp else bound
         elif node.output in needed or intersect_ibp:
             # an activation's output takes the image of its input interval (CNN-Cert 1.8); with
             # intersect_ibp every other value gets its interval-propagation bound
-            bounds[node.output] = _interval_image(node, bounds)
+            bounds[node.output] = interval_image(node, bounds)
         kept = (reference or {}).get(node.output)
         if kept is not None and node.output in bounds and node.output not in known:
             bounds[node.output] = bounds[node.output].intersect(kept)
@@ -194,12 +194,12 @@ def _identity_rows(shape: tuple[int, ...], columns: torch.Tensor, start: int, st
     return rows.reshape(1, stop - start, *shape)
 
 
-def _interval_image(node: Node, bounds: dict[str, Interval]) -> Interval:
+def interval_image(node: Node, bounds: dict[str, Interval]) -> Interval:
     """Interval propagation through one node from the bounds of its inputs."""
     return node.rule.interval(*(bounds[name] for name in node.inputs))
 
 
-def _upstream_in_reverse(graph: Graph, target: str) -> list[Node]:
+def upstream_in_reverse(graph: Graph, target: str) -> list[Node]:
     """The nodes up to and including the producer of `target`, last first."""
     for index, node in enumerate(graph.nodes):
         if node.output == target:

@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from verikit.bounds import Interval, LinearBound, Relaxation
 from verikit.graph import Graph, Node
 from verikit.layers.base import RELAXATION_MODES, ElementwiseRule
-from verikit.propagate.backward import input_interval, interval_of_rows, region_device, values_to_relax
+from verikit.propagate.backward import (input_interval, interval_image, interval_of_rows, region_device,
+                                       upstream_in_reverse, values_to_relax)
 from verikit.region import Box, LpBall, Region, dual_norm
 
 WINDOW = (-3, -2, -1)  # the channel and window dims of Patches.values
@@ -233,7 +234,7 @@ def backward_upper(walk: Walk, target: str, start) -> torch.Tensor:
     pending = {target: start}
     rows = start.rows if isinstance(start, Patches) else start.shape[1]
     bias = _zeros(walk, rows)
-    for node in _upstream_in_reverse(graph, target):
+    for node in upstream_in_reverse(graph, target):
         coefficients = pending.pop(node.output, None)
         if coefficients is None:
             continue
@@ -296,9 +297,9 @@ def layer_bounds(walk: Walk, known: dict[str, Interval], intersect_ibp: bool = F
             bounds[node.output] = known[node.output]
         elif node.output in needed and node.linear:
             bound = bound_value(walk, node.output)
-            bounds[node.output] = bound.intersect(_interval_image(node, bounds)) if intersect_ibp else bound
+            bounds[node.output] = bound.intersect(interval_image(node, bounds)) if intersect_ibp else bound
         elif node.output in needed or intersect_ibp:
-            bounds[node.output] = _interval_image(node, bounds)
+            bounds[node.output] = interval_image(node, bounds)
     return bounds
 
 
@@ -391,18 +392,6 @@ def _entries(coefficients) -> int:
 def _zeros(walk: Walk, rows: int) -> torch.Tensor:
     like = walk.bounds[walk.graph.input_name].lower
     return like.new_zeros(walk.region.batch, rows)
-
-
-def _interval_image(node: Node, bounds: dict[str, Interval]) -> Interval:
-    return node.rule.interval(*(bounds[name] for name in node.inputs))
-
-
-def _upstream_in_reverse(graph: Graph, target: str) -> list[Node]:
-    """The nodes up to and including the producer of `target`, last first."""
-    for index, node in enumerate(graph.nodes):
-        if node.output == target:
-            return graph.nodes[index::-1]
-    return []
 
 
 def _relaxation(walk: Walk, node: Node):
