@@ -1,7 +1,9 @@
 """The command line: verdicts, result files, and one clear message (exit 2, no traceback) on bad input."""
 from __future__ import annotations
 
+import os
 import subprocess
+from pathlib import Path
 import sys
 
 import pytest
@@ -133,3 +135,21 @@ def test_run_suite_is_resumable(tmp_path, benchmarks):
     assert (tmp_path / "results" / "test_sat__test_prop.txt").read_text().startswith("sat\n")
     again = invoke("run", suite, "--out", out)
     assert again.exit_code == 0 and len(list(csv.DictReader(open(out)))) == 2  # nothing re-run
+
+
+def test_vnncomp_scripts(tmp_path, benchmarks):
+    """The VNN-COMP tool interface: prepare, then run with a result file; a hard instance past its limit
+    gives `timeout`, never a missing file."""
+    scripts = Path(__file__).resolve().parents[1] / "vnncomp"
+    env = {**os.environ, "PYTHON": sys.executable}
+    prepared = subprocess.run(["bash", scripts / "prepare_instance.sh", "v1", "test", TEST / "test_tiny.onnx",
+                               TEST / "test_tiny.vnnlib"], capture_output=True, text=True, env=env)
+    assert prepared.returncode == 0, prepared.stderr
+    result = tmp_path / "tiny.txt"
+    subprocess.run(["bash", scripts / "run_instance.sh", "v1", "test", TEST / "test_tiny.onnx",
+                    TEST / "test_tiny.vnnlib", result, "30"], capture_output=True, text=True, env=env)
+    assert result.read_text() == "unsat\n"
+    hard = tmp_path / "hard.txt"
+    subprocess.run(["bash", scripts / "run_instance.sh", "v1", "acasxu", ACAS / "ACASXU_run2a_1_1_batch_2000.onnx",
+                    ACAS / "prop_2.vnnlib", hard, "3"], capture_output=True, text=True, env=env)
+    assert hard.read_text() == "timeout\n"
