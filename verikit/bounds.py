@@ -31,7 +31,11 @@ class Interval:
         return bool(((value >= self.lower - slack) & (value <= self.upper + slack)).all())
 
     def intersect(self, other: "Interval") -> "Interval":
-        return Interval(torch.maximum(self.lower, other.lower), torch.minimum(self.upper, other.upper))
+        """Both bounds hold, so the value lies in both. Where rounding makes the two disjoint (a
+        near-constant neuron bounded two ways), the result is the sliver between them, never an
+        empty interval whose relaxation would be garbage."""
+        lower, upper = torch.maximum(self.lower, other.lower), torch.minimum(self.upper, other.upper)
+        return Interval(torch.minimum(lower, upper), torch.maximum(lower, upper))
 
     def to(self, dtype: torch.dtype) -> "Interval":
         return Interval(self.lower.to(dtype), self.upper.to(dtype))
