@@ -13,9 +13,6 @@ from verikit.errors import ModelError, VerikitError
 from verikit.graph import Graph, Node, NodeInfo
 from verikit.plugins import registry
 
-# Ops evaluated at import time when all their inputs are constants.
-_FOLDABLE_BY_RUNTIME = True
-
 
 def read_onnx(path: str | Path) -> onnx.ModelProto:
     """Load and check an ONNX file; any failure is a ModelError naming the file."""
@@ -158,7 +155,7 @@ def _build_graph(model: onnx.ModelProto, source: str) -> Graph:
         if proto.op_type == "Shape" and proto.input[0] in shapes and proto.input[0] not in constants:
             constants[proto.output[0]] = np.asarray(shapes[proto.input[0]], dtype=np.int64)
             continue
-        if all(n in constants for n in proto.input if n) and _FOLDABLE_BY_RUNTIME:
+        if all(n in constants for n in proto.input if n):  # shape arithmetic and the like
             for out, value in zip(proto.output, _fold_with_runtime(proto, constants, opset)):
                 constants[out] = value
             continue

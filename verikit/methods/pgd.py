@@ -65,15 +65,12 @@ def _clause_violations(spec: RegionSpec, inputs: torch.Tensor, outputs: torch.Te
     return value
 
 
-def _best(points: torch.Tensor, violation: torch.Tensor, graph: Graph):
-    """The most violating point as a flat (input, output) pair if it violates the spec, else None."""
+def _best(points: torch.Tensor, outputs: torch.Tensor, violation: torch.Tensor):
+    """The most violating point and its (already computed) output, if it violates the spec, else None."""
     index = int(violation.argmin())
     if float(violation[index]) > 0:
         return None
-    x = points[index].detach()
-    with torch.no_grad():
-        y = graph.forward_flat(x.unsqueeze(0))[0]
-    return x, y
+    return points[index].detach(), outputs[index].detach()
 
 
 def _sample(graph: Graph, spec: RegionSpec, options: PGDOptions, generator: torch.Generator):
@@ -82,7 +79,7 @@ def _sample(graph: Graph, spec: RegionSpec, options: PGDOptions, generator: torc
     with torch.no_grad():
         outputs = graph.forward_flat(points)
     violation = _clause_violations(spec, points, outputs).min(-1).values
-    return _best(points, violation, graph)
+    return _best(points, outputs, violation)
 
 
 def _center(region) -> torch.Tensor:
@@ -108,7 +105,7 @@ def _descend(graph: Graph, spec: RegionSpec, options: PGDOptions, generator: tor
         x = box.lower + width * scaled
         outputs = graph.forward_flat(x)
         violation = _clause_violations(spec, x, outputs).gather(1, assigned.unsqueeze(1)).squeeze(1)
-        best = _best(x.detach(), violation.detach(), graph)
+        best = _best(x, outputs, violation.detach()) or best  # keep any counterexample already seen
         if best is not None and float(violation.detach().min()) <= -options.margin:
             return best
         (gradient,) = torch.autograd.grad(_hinge_loss(spec, x, outputs, assigned, options.margin), scaled)
