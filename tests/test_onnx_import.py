@@ -77,3 +77,16 @@ def test_forward_mismatch_is_an_error(tmp_path, monkeypatch):
     monkeypatch.setattr(runtime, "evaluate", lambda p, g, x: np.ones((len(x), g.output_size)) * 1e3)
     with pytest.raises(ModelError, match="differs from onnxruntime"):
         runtime.check_against_onnxruntime(graph, path)
+
+
+def test_second_outputs_are_refused_clearly(tmp_path):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.INT64, [1, 1, 2, 2])
+    nodes = [helper.make_node("MaxPool", ["x"], ["pooled", "indices"], name="pool", kernel_shape=[2, 2],
+                              strides=[2, 2]),
+             helper.make_node("Identity", ["indices"], ["y"], name="copy_indices")]
+    path = _save(tmp_path, nodes, [x], [y])
+    with pytest.raises(ModelError) as caught:
+        load_model(path)
+    assert "'copy_indices'" in str(caught.value) and "indices" in str(caught.value)
+    assert "multi-output" in str(caught.value)

@@ -169,9 +169,16 @@ def _build_graph(model: onnx.ModelProto, source: str) -> Graph:
                              f"{'these ops' if len(missing) > 1 else 'this op'} (`verikit plugins` lists "
                              "what is available), or export the model without them")
 
-    nodes = []
+    nodes, produced = [], {input_value.name}
     for name, proto in pending:
-        nodes.append(_build_node(name, proto, constants, shapes, opset))
+        node = _build_node(name, proto, constants, shapes, opset)
+        unknown = [value for value in node.inputs if value not in produced]
+        if unknown:
+            raise ModelError(f"{proto.op_type} node '{name}' reads {unknown}, which is not the first output of "
+                             "an earlier node (verikit uses one output per node, in topological order)",
+                             fix="export the model without multi-output ops such as MaxPool with indices")
+        produced.add(node.output)
+        nodes.append(node)
     nodes = _prune(nodes, output_name)
     if output_name in constants or not nodes:
         raise ModelError("the network output does not depend on its input", fix="check the exported graph")
