@@ -52,7 +52,7 @@ def test_proves_a_real_acasxu_property(benchmarks):
 
 
 def test_deadline_gives_timeout_not_a_guess(benchmarks):
-    graph = load_model(BENCHMARKS / "acasxu" / "ACASXU_run2a_1_1_batch_2000.onnx")
-    prop = load_spec(BENCHMARKS / "acasxu" / "prop_2.vnnlib", graph)  # unsat, needs many splits
+    graph = load_model(BENCHMARKS / "acasxu" / "ACASXU_run2a_3_3_batch_2000.onnx")
+    prop = load_spec(BENCHMARKS / "acasxu" / "prop_2.vnnlib", graph)  # unsat, needs ~10^5 splits
     verdict = BranchAndBound().decide(graph, prop, None, time.monotonic() + 1.0)
     assert verdict.status == "timeout"

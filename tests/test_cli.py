@@ -150,6 +150,6 @@ def test_vnncomp_scripts(tmp_path, benchmarks):
                     TEST / "test_tiny.vnnlib", result, "30"], capture_output=True, text=True, env=env)
     assert result.read_text() == "unsat\n"
     hard = tmp_path / "hard.txt"
-    subprocess.run(["bash", scripts / "run_instance.sh", "v1", "acasxu", ACAS / "ACASXU_run2a_1_1_batch_2000.onnx",
+    subprocess.run(["bash", scripts / "run_instance.sh", "v1", "acasxu", ACAS / "ACASXU_run2a_3_3_batch_2000.onnx",
                     ACAS / "prop_2.vnnlib", hard, "3"], capture_output=True, text=True, env=env)
     assert hard.read_text() == "timeout\n"

@@ -21,6 +21,7 @@ from verikit.hookspecs import hookimpl
 from verikit.methods.base import Method, Verdict
 from verikit.methods.relu_split import split_relus
 from verikit.plugins import get_method
+from verikit.propagate.forward import bounds_by_forward_mode, supports_forward_mode
 from verikit.region import Box, LpBall
 from verikit.spec.property import Property, RegionSpec
 
@@ -147,6 +148,7 @@ class _RowBounder:
         self.rhs = torch.cat([c.rhs for c in spec.clauses]).float()
         self.owner = torch.cat([torch.full((c.coefficients.shape[0],), i) for i, c in enumerate(spec.clauses)])
         self.clauses = len(spec.clauses)
+        self.forward = supports_forward_mode(graph)
 
     def refute(self, domains: "_Domains") -> tuple[torch.Tensor, torch.Tensor | None]:
         """[D, clauses] refuted flags, and [D, n] split sensitivities (None without the engine)."""
@@ -156,19 +158,47 @@ class _RowBounder:
             return self._refuted(bound.detach() - self.rhs), None
         from verikit.propagate.backward import compute_bounds
 
-        intermediate: dict = {}
         with torch.no_grad():  # intermediate bounds once, without a graph for autograd
-            compute_bounds(self.graph, Box(lower, upper), self.rows[:, :1], self.mode, intermediate=intermediate,
-                           batch_rows=1 << 30, sides="lower")
-        center = ((lower + upper) / 2).requires_grad_(True)
-        radius = (upper - lower) / 2
-        bound = compute_bounds(self.graph, Box(center - radius, center + radius), self.rows, self.mode,
-                               intermediate=intermediate, batch_rows=1 << 30, sides="lower").lower - self.rhs
-        refuted = self._refuted(bound.detach())
-        promising = torch.stack([bound[:, self.owner == k].max(1).values for k in range(self.clauses)], 1)
+            intermediate = self._intermediate(Box(lower, upper))
+        with torch.no_grad():
+            bound = compute_bounds(self.graph, Box(lower, upper), self.rows, self.mode, intermediate=intermediate,
+                                   batch_rows=1 << 30, sides="lower").lower - self.rhs
+        refuted = self._refuted(bound)
         open_after = domains.open & ~refuted
-        (coefficients,) = torch.autograd.grad((promising * open_after).sum(), center)
-        return refuted, coefficients.abs().double()
+        return refuted, self._sensitivity(lower, upper, open_after)
+
+    def _sensitivity(self, lower: torch.Tensor, upper: torch.Tensor, open_clauses: torch.Tensor) -> torch.Tensor:
+        """How much each input's half-width costs the most promising row of each open clause: minus the
+        gradient in the radius of a forward-mode-intermediate CROWN bound, which sees both the final
+        concretization and the looser relaxations a wide input causes upstream ([D, n], >= 0)."""
+        from verikit.propagate.backward import backward_bound
+
+        center = (lower + upper) / 2
+        radius = ((upper - lower) / 2).requires_grad_(True)
+        box = Box(center - radius, center + radius)
+        with torch.enable_grad():
+            bounds = bounds_by_forward_mode(self.graph, box, self.mode) if self.forward else self._intermediate(box)
+            rows = self.rows.reshape(1, self.rows.shape[1], *self.graph.output_shape)
+            bound = backward_bound(self.graph, box, self.graph.output_name, rows, bounds, self.mode,
+                                   sides="lower").lower - self.rhs
+            promising = torch.stack([bound[:, self.owner == k].max(1).values for k in range(self.clauses)], 1)
+            (gradient,) = torch.autograd.grad((promising * open_clauses).sum(), radius)
+        return (-gradient).clamp(min=0).double() / 2
+
+    def _intermediate(self, box: Box) -> dict:
+        """Bounds of every value a nonlinearity reads. Where the graph allows, forward-mode bounds first
+        (cheap on a few inputs), then back-substitution only for the neurons they leave unstable."""
+        from verikit.propagate.backward import compute_bounds, layer_bounds, values_to_relax
+
+        if not self.forward:
+            intermediate: dict = {}
+            compute_bounds(self.graph, box, self.rows[:, :1], self.mode, intermediate=intermediate,
+                           batch_rows=1 << 30, sides="lower")
+            return intermediate
+        reference = bounds_by_forward_mode(self.graph, box, self.mode)
+        bounds = layer_bounds(self.graph, box, self.mode, {}, batch_rows=1 << 30, reference=reference,
+                              skip_stable=True)
+        return {name: bounds[name] for name in values_to_relax(self.graph)}
 
     def _refuted(self, margins: torch.Tensor) -> torch.Tensor:
         """A clause is refuted when any of its rows has a positive lower bound."""

@@ -173,9 +173,12 @@ def _back_substituted(graph: Graph, region: Region, value: str, bounds: dict[str
     shape, like = graph.shapes[value], bounds[graph.input_name].lower
     columns = torch.arange(prod(shape), device=like.device)
     if kept is not None:
-        columns = ((kept.lower < 0) & (kept.upper > 0)).flatten(1).any(0).nonzero()[:, 0]
+        unstable = ((kept.lower < 0) & (kept.upper > 0)).flatten(1).expand(region.batch, -1)
+        columns = unstable.any(0).nonzero()[:, 0]
         if not len(columns):
             return kept
+        if options.get("lower_slopes") is None and 2 * int(unstable.sum()) < region.batch * len(columns):
+            return _rebound_pairs(graph, region, value, bounds, mode, batch_rows, kept, unstable, **options)
     rows = partial(_identity_rows, shape, columns, like=like)
     flat = _bound_in_chunks(graph, region, value, rows, len(columns), bounds, mode, batch_rows, **options)
     if kept is None:
@@ -183,6 +186,36 @@ def _back_substituted(graph: Graph, region: Region, value: str, bounds: dict[str
     lower, upper = (t.flatten(1).expand(region.batch, -1).clone() for t in (kept.lower, kept.upper))
     lower[:, columns], upper[:, columns] = flat.lower, flat.upper
     return Interval(lower.reshape(-1, *shape), upper.reshape(-1, *shape))
+
+
+def _rebound_pairs(graph: Graph, region: Region, value: str, bounds: dict[str, Interval], mode: str,
+                   batch_rows: int, kept: Interval, unstable: torch.Tensor, **options) -> Interval:
+    """Back-substitution for just the (problem, neuron) pairs flagged `unstable` ([B, N]), each pair a
+    problem of its own with its problem's region and bounds: the cost follows the unstable count, not
+    the batch times the union of unstable neurons (many small boxes, each with a few unstable ReLUs)."""
+    shape = graph.shapes[value]
+    lower, upper = (t.flatten(1).expand(region.batch, -1).clone() for t in (kept.lower, kept.upper))
+    problems, columns = unstable.nonzero(as_tuple=True)
+    relaxed = [node for node in upstream_in_reverse(graph, value) if not node.linear]
+    cache = options.get("relaxations")
+    cache = {} if cache is None else cache
+    full = {node.output: _relaxation(node, bounds, mode, None, cache) for node in relaxed}
+    for start in range(0, len(problems), max(1, batch_rows // 2)):
+        problem, column = problems[start:start + batch_rows // 2], columns[start:start + batch_rows // 2]
+        options["relaxations"] = {name: _select_relaxation(r, problem) for name, r in full.items()}
+        rows = torch.zeros(len(problem), 1, prod(shape), dtype=lower.dtype, device=lower.device)
+        rows[torch.arange(len(problem)), 0, column] = 1
+        part = backward_bound(graph, region.select(problem), value, rows.reshape(-1, 1, *shape), {}, mode,
+                              **options)  # the relaxations are given: no bounds needed
+        lower[problem, column] = torch.maximum(lower[problem, column], part.lower[:, 0])
+        upper[problem, column] = torch.minimum(upper[problem, column], part.upper[:, 0])
+    return Interval(lower.reshape(-1, *shape), upper.reshape(-1, *shape))
+
+
+def _select_relaxation(relaxation: Relaxation, problems: torch.Tensor) -> Relaxation:
+    """The relaxation lines of the given problems (any Relaxation-like dataclass of [B, ...] tensors)."""
+    return type(relaxation)(**{key: value[problems] if isinstance(value, torch.Tensor) and value.shape[0] > 1
+                               else value for key, value in vars(relaxation).items()})
 
 
 def _identity_rows(shape: tuple[int, ...], columns: torch.Tensor, start: int, stop: int,
