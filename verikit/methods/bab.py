@@ -165,7 +165,11 @@ class _RowBounder:
                                    batch_rows=1 << 30, sides="lower").lower - self.rhs
         refuted = self._refuted(bound)
         open_after = domains.open & ~refuted
-        return refuted, self._sensitivity(lower, upper, open_after)
+        sensitivity = torch.zeros_like(domains.lower)
+        alive = open_after.any(1)
+        if bool(alive.any()):
+            sensitivity[alive] = self._sensitivity(lower[alive], upper[alive], open_after[alive])
+        return refuted, sensitivity
 
     def _sensitivity(self, lower: torch.Tensor, upper: torch.Tensor, open_clauses: torch.Tensor) -> torch.Tensor:
         """How much each input's half-width costs the most promising row of each open clause: minus the
