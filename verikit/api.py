@@ -60,8 +60,8 @@ def certified_radius(model: Graph, x0: torch.Tensor, label: int, target: int | N
 
 
 def verify(model: Graph, spec: Property, timeout: float = 60.0, methods: tuple[str, ...] | None = None,
-           attack: str | None = "pgd", complete: str | None = "bab") -> Verdict:
+           attack: str | None = "pgd", complete: str | None = "bab", device: str = "cpu") -> Verdict:
     """Decide the spec: `sat` (with a counterexample confirmed by onnxruntime), `unsat`, or
-    `unknown`/`timeout`."""
-    options = VerifyOptions(timeout=timeout, methods=methods, attack=attack, complete=complete)
+    `unknown`/`timeout`; `device="cuda"` computes the bounds on a GPU."""
+    options = VerifyOptions(timeout=timeout, methods=methods, attack=attack, complete=complete, device=device)
     return _verify(model, spec, options)

@@ -47,6 +47,22 @@ def handles_errors(command):
     return wrapper
 
 
+def _check_device(context, parameter, value: str) -> str:
+    """`cpu`, or a CUDA device that torch can see (checked before any work starts)."""
+    if value == "cpu":
+        return value
+    import torch
+
+    if not value.startswith("cuda") or not torch.cuda.is_available():
+        raise click.BadParameter(f"{value!r} is not available here (torch sees no CUDA GPU); use --device cpu")
+    return value
+
+
+device_option = click.option(
+    "--device", default="cpu", show_default=True, callback=_check_device,
+    help="Where bounds are computed: cpu, or cuda for a GPU (ReLU-splitting BaB and attacks stay on the CPU).")
+
+
 def use_threads() -> None:
     """Set torch's CPU threads from VERIKIT_THREADS (default 1: the small networks of verification
     run fastest single-threaded, and suites run one process per core instead)."""
@@ -90,8 +106,9 @@ def main(threads: int) -> None:
 @click.option("--results", type=click.Path(dir_okay=False), help="Write a VNN-COMP result file here.")
 @click.option("--no-check", is_flag=True, help="Skip comparing the model with onnxruntime at load.")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the verdict.")
+@device_option
 @handles_errors
-def verify(model, spec, methods, attack, complete, timeout, results, no_check, quiet) -> None:
+def verify(model, spec, methods, attack, complete, timeout, results, no_check, quiet, device) -> None:
     """Decide whether SPEC (VNN-LIB or YAML, describing the UNSAFE set) holds for the ONNX MODEL.
 
     Prints `unsat` (the property holds), `sat` (with a counterexample re-checked by onnxruntime),
@@ -114,7 +131,7 @@ def verify(model, spec, methods, attack, complete, timeout, results, no_check, q
             prop = load_spec(spec, graph)
             options = VerifyOptions(timeout=timeout, methods=tuple(methods) or None,
                                     attack=None if attack == "none" else attack,
-                                    complete=None if complete == "none" else complete)
+                                    complete=None if complete == "none" else complete, device=device)
             update = (lambda stage: status.update(f"{Path(model).name}: {stage}")) if console else None
             verdict = run_verify(graph, prop, options, progress=update)
     except VerikitError:
@@ -239,8 +256,9 @@ def radius(model, input_path, label, target, norm, method, domain, steps, no_att
 @click.option("--workers", default=1, show_default=True, help="Local worker processes (one instance each).")
 @click.option("--scheduler", help="Address of a Dask distributed scheduler to run instances on instead.")
 @click.option("--limit", type=int, help="Only the first N instances.")
+@device_option
 @handles_errors
-def run(suite, out, results_dir, timeout_cap, methods, attack, complete, workers, scheduler, limit) -> None:
+def run(suite, out, results_dir, timeout_cap, methods, attack, complete, workers, scheduler, limit, device) -> None:
     """Verify every instance of a SUITE csv (VNN-COMP `onnx,vnnlib,timeout` rows, or an instances.csv
     with an `expected` column) and summarise verdicts, times and agreement with the expected answers.
 
@@ -257,7 +275,8 @@ def run(suite, out, results_dir, timeout_cap, methods, attack, complete, workers
     options = SuiteOptions(timeout_cap=timeout_cap, methods=tuple(methods) or None,
                            attack=None if attack == "none" else attack,
                            complete=None if complete == "none" else complete, workers=workers,
-                           results_dir=Path(results_dir) if results_dir else None, scheduler=scheduler)
+                           results_dir=Path(results_dir) if results_dir else None, scheduler=scheduler,
+                           device=device)
     console = _console()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console) as progress:

@@ -32,6 +32,7 @@ class SuiteOptions:
     workers: int = 1
     results_dir: Path | None = None
     scheduler: str | None = None  # a Dask scheduler address
+    device: str = "cpu"
     extra: dict = field(default_factory=dict)
 
 
@@ -89,7 +90,8 @@ def run_instance(instance: Instance, options: SuiteOptions) -> dict:
         prop = load_spec(instance.vnnlib, graph)
         remaining = max(0.1, timeout - (time.monotonic() - start))
         verdict = verify(graph, prop, VerifyOptions(timeout=remaining, methods=options.methods,
-                                                    attack=options.attack, complete=options.complete))
+                                                    attack=options.attack, complete=options.complete,
+                                                    device=options.device))
     except VerikitError as error:
         verdict = Verdict("error", detail=str(error).splitlines()[0])
     seconds = time.monotonic() - start

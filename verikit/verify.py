@@ -30,13 +30,15 @@ FIRST_SLICE_SHARE = 0.1  # of the time, for the complete method before the stron
 @dataclass
 class VerifyOptions:
     """timeout: seconds for the whole instance; methods: bound methods to try in order (None: the
-    registered ones of DEFAULT_BOUND_ORDER); attack / complete: method names or None to skip."""
+    registered ones of DEFAULT_BOUND_ORDER); attack / complete: method names or None to skip;
+    device: where the bound methods (and the complete method, where it can) compute ("cuda")."""
 
     timeout: float = 60.0
     methods: tuple[str, ...] | None = None
     attack: str | None = "pgd"
     complete: str | None = DEFAULT_COMPLETE
     input_tolerance: float = 0.0
+    device: str = "cpu"
 
 
 @dataclass
@@ -87,13 +89,13 @@ def verify(graph: Graph, prop: Property, options: VerifyOptions | None = None,
         if time.monotonic() >= deadline:
             return finish(Verdict("timeout", detail="deadline reached while bounding"))
         say(f"bounds ({method.name})")
-        open_regions = _refute(graph, prop, method, open_regions)
+        open_regions = _refute(graph, prop, method, open_regions, options.device)
         if not open_regions:
             return finish(Verdict("unsat", method=method.name))
     if low_dimensional:  # input splitting decides most such properties in a second or two
         say(f"complete ({complete}, first slice)")
         first_deadline = time.monotonic() + FIRST_SLICE_SHARE * (deadline - start)
-        verdict = _complete(graph, prop, open_regions, complete, min(first_deadline, deadline))
+        verdict = _complete(graph, prop, open_regions, complete, min(first_deadline, deadline), options.device)
         if verdict.status in ("sat", "unsat") or time.monotonic() >= deadline:
             return finish(verdict)
     if options.attack and time.monotonic() < deadline:
@@ -104,14 +106,19 @@ def verify(graph: Graph, prop: Property, options: VerifyOptions | None = None,
             return finish(verdict)
     if complete is not None and time.monotonic() < deadline:
         say(f"complete ({complete})")
-        return finish(_complete(graph, prop, open_regions, complete, deadline))
+        return finish(_complete(graph, prop, open_regions, complete, deadline, options.device))
     status = "timeout" if time.monotonic() >= deadline else "unknown"
     return finish(Verdict(status, detail=f"{sum(len(o.clauses) for o in open_regions)} clause(s) not refuted"))
 
 
-def _complete(graph: Graph, prop: Property, open_regions: list[_Open], name: str, deadline: float) -> Verdict:
+def _complete(graph: Graph, prop: Property, open_regions: list[_Open], name: str, deadline: float,
+              device: str = "cpu") -> Verdict:
     """The complete method on the clauses still open; its `sat` stands only once confirmed."""
-    verdict = get_method(name).decide(graph, _restrict(prop, open_regions), None, deadline)
+    method = get_method(name)
+    options = method.default_options()
+    if hasattr(options, "device"):
+        options = dataclasses.replace(options, device=device)
+    verdict = method.decide(graph, _restrict(prop, open_regions), options, deadline)
     if verdict.status == "sat":
         verdict = confirm(graph, prop, verdict.counterexample, name) or Verdict("unknown", method=name)
     return verdict
@@ -143,15 +150,17 @@ def _parameters(graph: Graph) -> int:
                if isinstance(value, torch.Tensor))
 
 
-def _refute(graph: Graph, prop: Property, method, open_regions: list[_Open]) -> list[_Open]:
-    """Bound each open region's clause rows with `method`; keep the clauses no row refutes."""
+def _refute(graph: Graph, prop: Property, method, open_regions: list[_Open], device: str = "cpu") -> list[_Open]:
+    """Bound each open region's clause rows with `method` (computing on `device`, which the bound
+    methods follow from the region); keep the clauses no row refutes."""
     still_open = []
     for item in open_regions:
         spec = prop.regions[item.region_index]
         clauses = [spec.clauses[c] for c in item.clauses]
         rows = torch.cat([c.coefficients for c in clauses]).unsqueeze(0)
         rhs = torch.cat([c.rhs for c in clauses])
-        lower = method.bound(graph, spec.region, rows.float()).lower[0].double() - rhs
+        region = spec.region.to(torch.float32, device)
+        lower = method.bound(graph, region, rows.float().to(device)).lower[0].double().cpu() - rhs
         kept, offset = [], 0
         for index, clause in zip(item.clauses, clauses):
             count = clause.coefficients.shape[0]

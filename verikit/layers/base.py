@@ -57,8 +57,8 @@ class LayerRule:
         """A copy with every tensor attribute converted; rules keep their tensors as plain attributes."""
         clone = object.__new__(type(self))
         for key, value in vars(self).items():
-            if isinstance(value, torch.Tensor) and value.is_floating_point():
-                value = value.to(dtype=dtype, device=device)
+            if isinstance(value, torch.Tensor):  # index tensors move too, keeping their dtype
+                value = value.to(dtype=dtype, device=device) if value.is_floating_point() else value.to(device)
             setattr(clone, key, value)
         return clone
 

@@ -32,10 +32,11 @@ class BaBOptions:
     largest input dimension split directly (larger inputs go to ReLU splitting, relu_split.py);
     max_domains: a memory cap on the queue. relu_*: ReLU splitting's parents split at once,
     alpha-CROWN steps per bounding (1: plain CROWN), beta-CROWN split multipliers on or off, queue cap,
-    PGD starts per batch, and rows per backward pass of the intermediate bounds."""
+    PGD starts per batch, and rows per backward pass of the intermediate bounds. device: where input
+    splitting bounds its domains ("cuda" for a GPU; ReLU splitting runs on the CPU)."""
 
     bound_method: str = "crown"
-    batch: int = 512
+    batch: int = 1024
     max_inputs: int = 16
     max_domains: int = 2_000_000
     relu_batch: int = 256
@@ -44,6 +45,7 @@ class BaBOptions:
     relu_max_domains: int = 100_000
     relu_attack_points: int = 16
     relu_batch_rows: int = 65_536
+    device: str = "cpu"
 
 
 class BranchAndBound(Method):
@@ -105,7 +107,7 @@ def _split_inputs(graph: Graph, prop: Property, spec: RegionSpec, options: BaBOp
     """Branch and bound over one region's input box."""
     from verikit.verify import confirm
 
-    bounder = _RowBounder(graph, spec, get_method(options.bound_method))
+    bounder = _RowBounder(graph, spec, get_method(options.bound_method), options.device)
     root = _root_box(spec)
     queue = _Domains(root.lower, root.upper, torch.ones(1, len(spec.clauses), dtype=torch.bool))
     graph64 = graph.to(torch.float64)
@@ -136,40 +138,42 @@ def _split_inputs(graph: Graph, prop: Property, spec: RegionSpec, options: BaBOp
 
 class _RowBounder:
     """Lower bounds of a region's clause rows over batches of sub-boxes. With an engine method
-    (crown, fast-lin) it also returns each domain's input coefficients of its most promising row per
-    open clause: splitting input i then gains about |coefficient_i| x width_i (the "sb" score)."""
+    (crown, fast-lin) it also returns, per domain and input, how much that input's width costs the
+    most promising row of each open clause (`_sensitivity`): splitting the input where it costs most."""
 
     ENGINE_MODES = {"crown": "adaptive", "fast-lin": "same-slope"}
 
-    def __init__(self, graph: Graph, spec: RegionSpec, method: Method):
-        self.graph, self.method = graph, method
+    def __init__(self, graph: Graph, spec: RegionSpec, method: Method, device: str = "cpu"):
+        self.device = torch.device(device)
+        self.graph, self.method = graph.to(torch.float32, self.device), method
         self.mode = self.ENGINE_MODES.get(method.name)
-        self.rows = torch.cat([c.coefficients for c in spec.clauses]).float().unsqueeze(0)
-        self.rhs = torch.cat([c.rhs for c in spec.clauses]).float()
+        self.rows = torch.cat([c.coefficients for c in spec.clauses]).float().unsqueeze(0).to(self.device)
+        self.rhs = torch.cat([c.rhs for c in spec.clauses]).float().to(self.device)
         self.owner = torch.cat([torch.full((c.coefficients.shape[0],), i) for i, c in enumerate(spec.clauses)])
+        self.owner = self.owner.to(self.device)
         self.clauses = len(spec.clauses)
         self.forward = supports_forward_mode(graph)
 
     def refute(self, domains: "_Domains") -> tuple[torch.Tensor, torch.Tensor | None]:
-        """[D, clauses] refuted flags, and [D, n] split sensitivities (None without the engine)."""
-        lower, upper = domains.lower.float(), domains.upper.float()
+        """[D, clauses] refuted flags, and [D, n] split sensitivities (None without the engine), on the
+        CPU; the bounds themselves are computed on the bounder's device."""
+        lower, upper = (t.to(device=self.device, dtype=torch.float32) for t in (domains.lower, domains.upper))
         if self.mode is None:
             bound = self.method.bound(self.graph, Box(lower, upper), self.rows, _wide_batches(self.method)).lower
-            return self._refuted(bound.detach() - self.rhs), None
+            return self._refuted(bound.detach() - self.rhs).cpu(), None
         from verikit.propagate.backward import compute_bounds
 
         with torch.no_grad():  # intermediate bounds once, without a graph for autograd
             intermediate = self._intermediate(Box(lower, upper))
-        with torch.no_grad():
             bound = compute_bounds(self.graph, Box(lower, upper), self.rows, self.mode, intermediate=intermediate,
                                    batch_rows=1 << 30, sides="lower").lower - self.rhs
         refuted = self._refuted(bound)
-        open_after = domains.open & ~refuted
-        sensitivity = torch.zeros_like(domains.lower)
+        open_after = domains.open.to(self.device) & ~refuted
+        sensitivity = torch.zeros_like(lower)
         alive = open_after.any(1)
         if bool(alive.any()):
             sensitivity[alive] = self._sensitivity(lower[alive], upper[alive], open_after[alive])
-        return refuted, sensitivity
+        return refuted.cpu(), sensitivity.double().cpu()
 
     def _sensitivity(self, lower: torch.Tensor, upper: torch.Tensor, open_clauses: torch.Tensor) -> torch.Tensor:
         """How much each input's half-width costs the most promising row of each open clause: minus the
@@ -187,7 +191,7 @@ class _RowBounder:
                                    sides="lower").lower - self.rhs
             promising = torch.stack([bound[:, self.owner == k].max(1).values for k in range(self.clauses)], 1)
             (gradient,) = torch.autograd.grad((promising * open_clauses).sum(), radius)
-        return (-gradient).clamp(min=0).double() / 2
+        return (-gradient).clamp(min=0) / 2
 
     def _intermediate(self, box: Box) -> dict:
         """Bounds of every value a nonlinearity reads. Where the graph allows, forward-mode bounds first

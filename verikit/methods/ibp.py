@@ -10,6 +10,7 @@ from verikit.bounds import Interval
 from verikit.graph import Graph
 from verikit.hookspecs import hookimpl
 from verikit.methods.base import Method
+from verikit.propagate.backward import region_device
 from verikit.propagate.interval import affine_image, interval_pass
 from verikit.region import Region
 
@@ -32,12 +33,13 @@ class IBP(Method):
               intermediate: dict[str, Interval] | None = None) -> Interval:
         options = options or IBPOptions()
         dtype = getattr(torch, options.dtype)
-        graph, region = graph.to(dtype), region.to(dtype)
+        device = region_device(region)
+        graph, region = graph.to(dtype, device), region.to(dtype, device)
         with torch.no_grad():
             bounds = interval_pass(graph, region.bounding_box(), intermediate)
         output = bounds[graph.output_name]
         flat = Interval(output.lower.flatten(1), output.upper.flatten(1))
-        return affine_image(coefficients.to(dtype), flat)
+        return affine_image(coefficients.to(dtype=dtype, device=device), flat)
 
 
 @hookimpl

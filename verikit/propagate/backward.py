@@ -204,7 +204,7 @@ def _rebound_pairs(graph: Graph, region: Region, value: str, bounds: dict[str, I
         problem, column = problems[start:start + batch_rows // 2], columns[start:start + batch_rows // 2]
         options["relaxations"] = {name: _select_relaxation(r, problem) for name, r in full.items()}
         rows = torch.zeros(len(problem), 1, prod(shape), dtype=lower.dtype, device=lower.device)
-        rows[torch.arange(len(problem)), 0, column] = 1
+        rows[torch.arange(len(problem), device=rows.device), 0, column] = 1
         part = backward_bound(graph, region.select(problem), value, rows.reshape(-1, 1, *shape), {}, mode,
                               **options)  # the relaxations are given: no bounds needed
         lower[problem, column] = torch.maximum(lower[problem, column], part.lower[:, 0])
@@ -223,7 +223,7 @@ def _identity_rows(shape: tuple[int, ...], columns: torch.Tensor, start: int, st
     """Rows start..stop of the identity rows picking `columns` of a value's neurons:
     [1, stop - start, *shape], in the dtype and device of `like`."""
     rows = torch.zeros(stop - start, prod(shape), dtype=like.dtype, device=like.device)
-    rows[torch.arange(stop - start), columns[start:stop]] = 1
+    rows[torch.arange(stop - start, device=like.device), columns[start:stop]] = 1
     return rows.reshape(1, stop - start, *shape)
 
 

@@ -51,7 +51,8 @@ class Patches:
         """Rows +e_c then -e_c for channels first..first+count-1 at every position of a (1, C, H, W) map."""
         channels, height, width = shape[1:]
         eye = like.new_zeros(count, channels)
-        eye[torch.arange(count), first + torch.arange(count)] = 1
+        index = torch.arange(count, device=like.device)
+        eye[index, first + index] = 1
         signed = torch.cat([eye, -eye]).reshape(1, 2 * count, 1, 1, channels, 1, 1)
         return cls(signed.expand(1, 2 * count, height, width, channels, 1, 1), (1, 1), (0, 0), (height, width))
 
