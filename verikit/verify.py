@@ -20,6 +20,7 @@ from verikit.spec.property import Property, RegionSpec
 
 DEFAULT_BOUND_ORDER = ("ibp", "crown", "alpha-crown")
 STRONG_ATTACK = {"restarts": 4096, "max_points": 4096, "steps": 50, "seed": 1}
+FIRST_ATTACK_SECONDS = 3.0  # at most, for the quick attack before any bound (a conv net's restarts are slow)
 STRONG_ATTACK_SHARE = 0.15  # of the time left when the bounds have not decided
 STRONG_ATTACK_WORK = 4e9  # starts x steps x weights: ~4096 starts on ACAS Xu, ~300 on a 784-256-256 net
 DEFAULT_COMPLETE = "bab"
@@ -81,7 +82,7 @@ def verify(graph: Graph, prop: Property, options: VerifyOptions | None = None,
 
     if options.attack:
         say(f"attack ({options.attack})")
-        verdict = _attack(graph, prop, options.attack, deadline)
+        verdict = _attack(graph, prop, options.attack, min(deadline, start + FIRST_ATTACK_SECONDS))
         if verdict is not None:
             return finish(verdict)
     open_regions = [_Open(i, list(range(len(spec.clauses)))) for i, spec in enumerate(prop.regions)]
