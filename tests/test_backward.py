@@ -253,3 +253,33 @@ def test_small_cnn_crown_bounds_are_tighter_than_ibp(tmp_path):
     rows = torch.eye(graph.output_size).unsqueeze(0)
     pure = LinearRelaxationOptions(intersect_ibp=False)
     assert mean_width(Crown().bound(graph, region, rows, pure)) < 0.5 * mean_width(IBP().bound(graph, region, rows))
+
+
+@pytest.mark.parametrize("name", ["box", "linf"])
+def test_interval_shortcut_equals_back_substitution(networks, name, monkeypatch):
+    """conv -> batch norm -> ReLU over a box: the interval image of the first conv is exact, so the
+    engine takes it instead of one back-substitution row per neuron, with the same bounds."""
+    from verikit.propagate import backward
+
+    graph = networks["cnn-avgpool-bn"].to(F64)
+    region = dict(regions(graph.input_size))[name]
+    first = backward.values_to_relax(graph)[0]
+    fast = backward.layer_bounds(graph, region, "adaptive", {}, intersect_ibp=False)
+    monkeypatch.setattr(backward, "exact_by_intervals", lambda *args: False)
+    slow = backward.layer_bounds(graph, region, "adaptive", {}, intersect_ibp=False)
+    assert torch.allclose(fast[first].lower, slow[first].lower, atol=1e-10)
+    assert torch.allclose(fast[first].upper, slow[first].upper, atol=1e-10)
+
+
+def test_interval_shortcut_only_where_exact(networks):
+    from verikit.propagate.backward import exact_by_intervals, input_interval, values_to_relax
+
+    graph = networks["cnn-avgpool-bn"]
+    ball = dict(regions(graph.input_size))["l2.0"]
+    box = dict(regions(graph.input_size))["box"]
+    nodes = {node.output: node for node in graph.nodes}
+    first, second = (nodes[name] for name in values_to_relax(graph)[:2])
+    everything = {name: None for name in graph.shapes} | {graph.input_name: input_interval(graph, box)}
+    assert exact_by_intervals(graph, box, first, everything)
+    assert not exact_by_intervals(graph, ball, first, everything)  # an L2 ball is not a box
+    assert not exact_by_intervals(graph, box, second, everything)  # a ReLU lies upstream

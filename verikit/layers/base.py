@@ -79,6 +79,10 @@ class LinearRule(LayerRule):
     of either sign, `absolute` (the map with |weights|, used for interval radii)."""
 
     linear = True
+    # False when every output is one input times a constant plus a constant (reshapes, copies, padding,
+    # elementwise scaling): interval propagation is then exact through the op, and through a chain of
+    # such ops with one mixing op, which lets engines skip back-substitution there.
+    mixes: ClassVar[bool] = True
 
     def absolute(self, *radii: torch.Tensor) -> torch.Tensor:
         """|L| applied to non-negative radii; the default suits permutations, copies and sums."""

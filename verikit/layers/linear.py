@@ -64,6 +64,8 @@ class ScaleShift(LinearRule):
     Handles Add, Sub, Mul, Div and Neg with one constant operand; Add/Sub of two computed tensors is
     delegated to `Residual`. c - x is -x + c; c / x is nonlinear and rejected."""
 
+    mixes = False
+
     op_types = ("Add", "Sub", "Mul", "Div", "Neg")
 
     def __init__(self, node: NodeInfo, scale: torch.Tensor | None = None, divisor: torch.Tensor | None = None,

@@ -76,6 +76,8 @@ def reshape_target(node: NodeInfo, shape: tuple[int, ...]) -> tuple[int, ...]:
 class Reshape(LinearRule):
     """Reshape, Flatten, Squeeze and Unsqueeze: a reshape to [N, *output_shape]."""
 
+    mixes = False
+
     op_types = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")
 
     @classmethod
@@ -102,6 +104,8 @@ class Reshape(LinearRule):
 
 class Transpose(LinearRule):
     """A permutation of the ONNX dims (default: reversed); the sample dim stays first."""
+
+    mixes = False
 
     op_types = ("Transpose",)
 
@@ -136,6 +140,8 @@ class Transpose(LinearRule):
 class Identity(LinearRule):
     """Identity, and Dropout at inference (a training_mode input must be a constant false)."""
 
+    mixes = False
+
     op_types = ("Identity", "Dropout")
 
     @classmethod
@@ -166,6 +172,8 @@ class Identity(LinearRule):
 class Concat(LinearRule):
     """Concatenation along `axis`; constant inputs are fixed parts (`pieces` holds them in order, with
     None where the next computed input goes)."""
+
+    mixes = False
 
     op_types = ("Concat",)
 
@@ -214,6 +222,8 @@ class Slice(LinearRule):
     """Constant starts/ends/axes/steps (inputs from opset 10, attributes before); negative steps pick
     indices in reverse with index_select. `cuts` holds (tensor dim, slice or index list)."""
 
+    mixes = False
+
     op_types = ("Slice",)
 
     def __init__(self, node: NodeInfo, cuts: list[tuple[int, slice | list[int]]]):
@@ -257,6 +267,8 @@ class Slice(LinearRule):
 class Pad(LinearRule):
     """Constant-mode padding (pads may be negative: cropping); a nonzero fill value is the offset.
     Pads and value are attributes before opset 11 and constant inputs from opset 11."""
+
+    mixes = False
 
     op_types = ("Pad",)
 

@@ -16,7 +16,7 @@ import torch
 from verikit.bounds import Interval, LinearBound, Relaxation
 from verikit.graph import Graph, Node
 from verikit.layers.base import RELAXATION_MODES
-from verikit.region import Box, Region
+from verikit.region import Box, LpBall, Region
 
 SIDES = ("both", "lower", "upper")
 
@@ -117,6 +117,8 @@ def layer_bounds(graph: Graph, region: Region, mode: str, known: dict[str, Inter
     for node in graph.nodes:
         if node.output in known:
             bounds[node.output] = known[node.output]
+        elif node.output in needed and exact_by_intervals(graph, region, node, bounds):
+            bounds[node.output] = interval_image(node, bounds)
         elif node.output in needed and node.linear:
             kept = (reference or {}).get(node.output) if skip_stable else None
             bound = _back_substituted(graph, region, node.output, bounds, mode, batch_rows, kept,
@@ -130,6 +132,19 @@ def layer_bounds(graph: Graph, region: Region, mode: str, known: dict[str, Inter
         if kept is not None and node.output in bounds and node.output not in known:
             bounds[node.output] = bounds[node.output].intersect(kept)
     return bounds
+
+
+def exact_by_intervals(graph: Graph, region: Region, node: Node, bounds: dict[str, Interval]) -> bool:
+    """True when the interval image of `node` is its exact range over the region: a box, only linear
+    nodes up to it, at most one of which mixes its inputs (see LinearRule.mixes), and its inputs'
+    intervals at hand. Back-substitution would give the same bounds at a far higher cost (one row per
+    neuron of, say, a first convolution's whole output map)."""
+    if not (isinstance(region, Box) or (isinstance(region, LpBall) and region.norm == float("inf"))):
+        return False
+    if not all(name in bounds for name in node.inputs):
+        return False
+    upstream = upstream_in_reverse(graph, node.output)
+    return all(n.linear for n in upstream) and sum(bool(getattr(n.rule, "mixes", True)) for n in upstream) <= 1
 
 
 def values_to_relax(graph: Graph) -> list[str]:
