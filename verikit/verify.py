@@ -90,7 +90,7 @@ def verify(graph: Graph, prop: Property, options: VerifyOptions | None = None,
         if time.monotonic() >= deadline:
             return finish(Verdict("timeout", detail="deadline reached while bounding"))
         say(f"bounds ({method.name})")
-        open_regions = _refute(graph, prop, method, open_regions, options.device)
+        open_regions = _refute(graph, prop, method, open_regions, options.device, deadline)
         if not open_regions:
             return finish(Verdict("unsat", method=method.name))
     if low_dimensional:  # input splitting decides most such properties in a second or two
@@ -155,9 +155,14 @@ def _seconds_per_point(graph: Graph, inputs: int, points: int = 512) -> float:
     return max(1e-9, (time.perf_counter() - started) / points)
 
 
-def _refute(graph: Graph, prop: Property, method, open_regions: list[_Open], device: str = "cpu") -> list[_Open]:
+def _refute(graph: Graph, prop: Property, method, open_regions: list[_Open], device: str = "cpu",
+            deadline: float | None = None) -> list[_Open]:
     """Bound each open region's clause rows with `method` (computing on `device`, which the bound
-    methods follow from the region); keep the clauses no row refutes."""
+    methods follow from the region, and stopping iterative work at `deadline` where the method's
+    options have one); keep the clauses no row refutes."""
+    options = method.default_options()
+    if hasattr(options, "deadline"):
+        options = dataclasses.replace(options, deadline=deadline)
     still_open = []
     for item in open_regions:
         spec = prop.regions[item.region_index]
@@ -165,7 +170,7 @@ def _refute(graph: Graph, prop: Property, method, open_regions: list[_Open], dev
         rows = torch.cat([c.coefficients for c in clauses]).unsqueeze(0)
         rhs = torch.cat([c.rhs for c in clauses])
         region = spec.region.to(torch.float32, device)
-        lower = method.bound(graph, region, rows.float().to(device)).lower[0].double().cpu() - rhs
+        lower = method.bound(graph, region, rows.float().to(device), options).lower[0].double().cpu() - rhs
         kept, offset = [], 0
         for index, clause in zip(item.clauses, clauses):
             count = clause.coefficients.shape[0]

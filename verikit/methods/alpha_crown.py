@@ -15,6 +15,7 @@ the tightest bound met (each one is sound, so their intersection is too).
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from math import prod
 from typing import ClassVar
@@ -47,6 +48,7 @@ class AlphaCrownOptions:
     intermediate_limit: int = 20_000  # ... only when at most this many neurons feed activations
     intersect_ibp: bool = True  # intersect every bound with interval propagation (sound, tighter)
     batch_rows: int = 2048  # problems x coefficient rows per backward pass of the intermediate bounds
+    deadline: float | None = None  # time.monotonic() after which no new step starts (every step is sound)
 
 
 class AlphaCrown(Method):
@@ -188,7 +190,8 @@ def _ascend(objective, groups: list[tuple[list[torch.Tensor], float, float]], op
         if record is not None:
             _keep_improved(record, step_record, improved)
         done = stop_at is not None and bool((best > stop_at).all())
-        if done or step == options.steps - 1 or not value.requires_grad:
+        late = options.deadline is not None and time.monotonic() >= options.deadline
+        if done or late or step == options.steps - 1 or not value.requires_grad:
             break
         gradients = iter(torch.autograd.grad(value.sum(), parameters, allow_unused=True))
         for adam in adams:

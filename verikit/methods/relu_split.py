@@ -103,7 +103,7 @@ def split_relus(graph: Graph, prop: Property, spec: RegionSpec, options, deadlin
             point = (center, graph.to(torch.float64).forward_flat(center[None])[0])
         found = confirm(graph, prop, point, "bab")
         return found or Verdict("unknown", method="bab", detail="a clause without rows")
-    problem = _Problem(graph, spec, options)
+    problem = _Problem(graph, spec, options, deadline)
     if not problem.layers:
         return Verdict("unknown", method="bab", detail="no ReLU to split")
     outcome = problem.root()
@@ -140,13 +140,13 @@ def split_relus(graph: Graph, prop: Property, spec: RegionSpec, options, deadlin
 class _Problem:
     """One region's branch and bound: the graph in float32 and float64, the clause rows, the ReLU layout."""
 
-    def __init__(self, graph: Graph, spec: RegionSpec, options):
+    def __init__(self, graph: Graph, spec: RegionSpec, options, deadline: float | None = None):
         self.graph, self.graph64, self.spec = graph.to(F32), graph.to(torch.float64), spec
         self.region = spec.region.to(F32)
         self.rows = torch.cat([c.coefficients for c in spec.clauses]).to(F32)
         self.rhs = torch.cat([c.rhs for c in spec.clauses]).to(F32)
         self.owner = torch.cat([torch.full((c.coefficients.shape[0],), i) for i, c in enumerate(spec.clauses)])
-        self.alpha = AlphaCrownOptions(steps=options.relu_alpha_steps)
+        self.alpha = AlphaCrownOptions(steps=options.relu_alpha_steps, deadline=deadline)
         self.attack_points, self.batch_rows = options.relu_attack_points, options.relu_batch_rows
         self.beta = options.relu_beta
         self.relaxed = values_to_relax(self.graph)
