@@ -153,3 +153,17 @@ def test_vnncomp_scripts(tmp_path, benchmarks):
     subprocess.run(["bash", scripts / "run_instance.sh", "v1", "acasxu", ACAS / "ACASXU_run2a_3_3_batch_2000.onnx",
                     ACAS / "prop_2.vnnlib", hard, "3"], capture_output=True, text=True, env=env)
     assert hard.read_text() == "timeout\n"
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
+def test_device_without_a_gpu_is_one_clear_error(benchmarks):
+    for command in (["verify", TEST / "test_tiny.onnx", TEST / "test_tiny.vnnlib"], ["run", TEST / "instances.csv"]):
+        result = invoke(*command, "--device", "cuda")
+        assert result.exit_code == 2
+        assert "--device" in result.output and "use --device cpu" in result.output
+        assert "Traceback" not in result.output
+
+
+def test_verify_on_the_cpu_device_explicitly(benchmarks):
+    result = invoke("verify", TEST / "test_tiny.onnx", TEST / "test_tiny.vnnlib", "--device", "cpu", "-q")
+    assert result.exit_code == 0 and result.output.strip() == "unsat"
