@@ -56,3 +56,24 @@ def test_deadline_gives_timeout_not_a_guess(benchmarks):
     prop = load_spec(BENCHMARKS / "acasxu" / "prop_2.vnnlib", graph)  # unsat, needs ~10^5 splits
     verdict = BranchAndBound().decide(graph, prop, None, time.monotonic() + 1.0)
     assert verdict.status == "timeout"
+
+
+def test_input_splitting_without_forward_mode(tmp_path):
+    """A 16-input net with max pooling (no forward-mode bounds): input splitting still agrees with
+    sampling, through its fallback split score."""
+    from netgen import NetBuilder
+
+    net = NetBuilder((1, 1, 4, 4), seed=3)
+    net.conv(2, kernel=2, stride=1, pad=0)
+    net.op("Relu")
+    net.pool("MaxPool", kernel=2, stride=1)
+    net.flatten()
+    net.gemm(2)
+    graph = load_model(net.save(tmp_path / "maxpool.onnx"))
+    points = torch.rand(20000, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 2 - 1
+    with torch.no_grad():
+        top = float(graph.to(torch.float64).forward_flat(points)[:, 0].max())
+    method = BranchAndBound()
+    assert method.decide(graph, _threshold_property(graph, top + 0.3), None, time.monotonic() + 60).status == "unsat"
+    below = method.decide(graph, _threshold_property(graph, top - 0.05), None, time.monotonic() + 60)
+    assert below.status == "sat" and float(below.counterexample[1][0]) >= top - 0.05

@@ -165,6 +165,9 @@ class _RowBounder:
 
         with torch.no_grad():  # intermediate bounds once, without a graph for autograd
             intermediate = self._intermediate(Box(lower, upper))
+        if not self.forward:
+            return self._refute_by_row_gradient(domains, lower, upper, intermediate)
+        with torch.no_grad():
             bound = compute_bounds(self.graph, Box(lower, upper), self.rows, self.mode, intermediate=intermediate,
                                    batch_rows=1 << 30, sides="lower").lower - self.rhs
         refuted = self._refuted(bound)
@@ -174,6 +177,23 @@ class _RowBounder:
         if bool(alive.any()):
             sensitivity[alive] = self._sensitivity(lower[alive], upper[alive], open_after[alive])
         return refuted.cpu(), sensitivity.double().cpu()
+
+    def _refute_by_row_gradient(self, domains: "_Domains", lower: torch.Tensor, upper: torch.Tensor,
+                                intermediate: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Without forward mode (a 2-D input with max pooling, say), the "sb" score: the spec row's
+        input coefficients at fixed intermediate bounds, |coefficient| x width (the radius gradient
+        through full back-substitution costs far more than the splits it saves)."""
+        from verikit.propagate.backward import compute_bounds
+
+        center = ((lower + upper) / 2).requires_grad_(True)
+        radius = (upper - lower) / 2
+        bound = compute_bounds(self.graph, Box(center - radius, center + radius), self.rows, self.mode,
+                               intermediate=intermediate, batch_rows=1 << 30, sides="lower").lower - self.rhs
+        refuted = self._refuted(bound.detach())
+        promising = torch.stack([bound[:, self.owner == k].max(1).values for k in range(self.clauses)], 1)
+        open_after = domains.open.to(self.device) & ~refuted
+        (coefficients,) = torch.autograd.grad((promising * open_after).sum(), center)
+        return refuted.cpu(), coefficients.abs().double().cpu()
 
     def _sensitivity(self, lower: torch.Tensor, upper: torch.Tensor, open_clauses: torch.Tensor) -> torch.Tensor:
         """How much each input's half-width costs the most promising row of each open clause: minus the
@@ -185,7 +205,7 @@ class _RowBounder:
         radius = ((upper - lower) / 2).requires_grad_(True)
         box = Box(center - radius, center + radius)
         with torch.enable_grad():
-            bounds = bounds_by_forward_mode(self.graph, box, self.mode) if self.forward else self._intermediate(box)
+            bounds = bounds_by_forward_mode(self.graph, box, self.mode)
             rows = self.rows.reshape(1, self.rows.shape[1], *self.graph.output_shape)
             bound = backward_bound(self.graph, box, self.graph.output_name, rows, bounds, self.mode,
                                    sides="lower").lower - self.rhs
