@@ -19,6 +19,7 @@ from verikit.layers.base import RELAXATION_MODES
 from verikit.region import Box, LpBall, Region
 
 SIDES = ("both", "lower", "upper")
+GATHERED_ENTRIES = 1 << 25  # relaxation entries gathered per chunk of (problem, neuron) pairs: a memory cap
 
 
 def backward_bound(graph: Graph, region: Region, target: str, coefficients: torch.Tensor,
@@ -215,8 +216,10 @@ def _rebound_pairs(graph: Graph, region: Region, value: str, bounds: dict[str, I
     cache = options.get("relaxations")
     cache = {} if cache is None else cache
     full = {node.output: _relaxation(node, bounds, mode, None, cache) for node in relaxed}
-    for start in range(0, len(problems), max(1, batch_rows // 2)):
-        problem, column = problems[start:start + batch_rows // 2], columns[start:start + batch_rows // 2]
+    per_pair = sum(prod(t.shape[1:]) for r in full.values() for t in vars(r).values() if isinstance(t, torch.Tensor))
+    step = max(1, min(batch_rows // 2, GATHERED_ENTRIES // max(1, per_pair)))
+    for start in range(0, len(problems), step):
+        problem, column = problems[start:start + step], columns[start:start + step]
         options["relaxations"] = {name: _select_relaxation(r, problem) for name, r in full.items()}
         rows = torch.zeros(len(problem), 1, prod(shape), dtype=lower.dtype, device=lower.device)
         rows[torch.arange(len(problem), device=rows.device), 0, column] = 1
