@@ -36,7 +36,7 @@ class BaBOptions:
     splitting bounds its domains ("cuda" for a GPU; ReLU splitting runs on the CPU)."""
 
     bound_method: str = "crown"
-    batch: int = 1024
+    batch: int | None = None  # None: 1024 on the CPU, 16384 on a GPU
     max_inputs: int = 16
     max_domains: int = 2_000_000
     relu_batch: int = 256
@@ -112,10 +112,11 @@ def _split_inputs(graph: Graph, prop: Property, spec: RegionSpec, options: BaBOp
     queue = _Domains(root.lower, root.upper, torch.ones(1, len(spec.clauses), dtype=torch.bool))
     graph64 = graph.to(torch.float64)
     bounded = 0
+    size = options.batch or (1024 if torch.device(options.device).type == "cpu" else 16384)
     while len(queue):
         if time.monotonic() >= deadline:
             return Verdict("timeout", method="bab", detail=f"{len(queue)} domains open after {bounded} bounded")
-        batch = queue.pop(min(options.batch, len(queue)))
+        batch = queue.pop(min(size, len(queue)))
         refuted, sensitivity = bounder.refute(batch)
         bounded += len(batch)
         batch.open &= ~refuted
