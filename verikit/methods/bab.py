@@ -2,11 +2,17 @@
 
 Inputs with more than `max_inputs` dimensions are split by ReLU phases (verikit.methods.relu_split).
 Input splitting (for low-dimensional inputs, e.g. ACAS Xu's 5): a domain is a sub-box of a region
-with the clauses not yet refuted in it. Batches of domains are bounded at once with a bound method;
-a clause is refuted in a domain when one of its rows has a positive lower bound. Open domains are
-probed for counterexamples (their centres, and PGD on the most promising ones) and split in two along
-the input whose gradient-times-width is largest. The answer is `unsat` when no domain is left,
-`sat` with a confirmed counterexample, and `timeout` at the deadline, never a guess.
+with the clauses not yet refuted in it. Batches of domains are bounded at once with a bound method
+(crown: intermediate bounds by forward mode, verikit.propagate.forward, then back-substitution only
+for the neurons those leave unstable, then the clause rows by back-substitution); a clause is refuted
+in a domain when one of its rows has a positive lower bound. Open domains are probed for
+counterexamples (their centres, and signed gradient steps from the most promising ones) and split in
+two along the input whose width costs the bound most: minus the gradient of the most promising row's
+bound in that input's radius, through the forward-mode intermediate bounds, so an input that only
+loosens relaxations upstream is split too (the plain "sb" score, |row coefficient| x width, misses it
+and split one ACAS Xu input 15 times while another stayed at half its width). The answer is `unsat`
+when no domain is left, `sat` with a confirmed counterexample, and `timeout` at the deadline, never a
+guess. `device="cuda"` bounds the domains on a GPU.
 """
 from __future__ import annotations
 
