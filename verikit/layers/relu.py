@@ -25,16 +25,16 @@ def leaky_relu_relaxation(bound: Interval, alpha: float, mode: str = "adaptive",
     """Lines sandwiching max(z, alpha z) on [bound.lower, bound.upper], per neuron (see module doc)."""
     if mode not in RELAXATION_MODES:
         raise ValueError(f"unknown relaxation mode '{mode}'; choose one of {', '.join(RELAXATION_MODES)}")
-    lower, upper = bound.lower, bound.upper
+    lower, upper = bound.lower, bound.upper  # scalars in torch.where: no full-size constant tensors
     inactive = upper <= 0
     active = (lower >= 0) & ~inactive
-    unstable = ~inactive & ~active
-    width = torch.where(unstable, upper - lower, torch.ones_like(lower))
-    chord = torch.where(unstable, (upper - alpha * lower) / width, torch.zeros_like(lower))
-    stable_slope = torch.where(active, torch.ones_like(lower), torch.full_like(lower, alpha))
+    unstable = ~(inactive | active)
+    chord = torch.where(unstable, (upper - alpha * lower) / torch.where(unstable, upper - lower, 1.0), 0.0)
+    one, slope = lower.new_tensor(1.0), lower.new_tensor(alpha)  # 0-d, in the bounds' dtype
+    stable_slope = torch.where(active, one, slope)
 
     upper_slope = torch.where(unstable, chord, stable_slope)
-    upper_intercept = torch.where(unstable, (alpha - chord) * lower, torch.zeros_like(lower))
+    upper_intercept = torch.where(unstable, (alpha - chord) * lower, 0.0)
     chosen = _unstable_lower_slope(lower, upper, alpha, chord, mode, lower_slope)
     lower_slope_out = torch.where(unstable, chosen, stable_slope)
     return Relaxation(lower_slope_out, torch.zeros_like(lower_slope_out), upper_slope, upper_intercept)
@@ -49,7 +49,7 @@ def _unstable_lower_slope(lower: torch.Tensor, upper: torch.Tensor, alpha: float
         return torch.full_like(lower, alpha)
     if mode == "optimizable" and lower_slope is not None:
         return lower_slope.clamp(min=alpha, max=1.0)
-    return torch.where(upper >= -lower, torch.ones_like(lower), torch.full_like(lower, alpha))
+    return torch.where(upper >= -lower, lower.new_tensor(1.0), lower.new_tensor(alpha))
 
 
 def encode_leaky_relu(model: LPModel, z: np.ndarray, bound: Interval, alpha: float) -> np.ndarray:
