@@ -103,7 +103,7 @@ def split_relus(graph: Graph, prop: Property, spec: RegionSpec, options, deadlin
             point = (center, graph.to(torch.float64).forward_flat(center[None])[0])
         found = confirm(graph, prop, point, "bab")
         return found or Verdict("unknown", method="bab", detail="a clause without rows")
-    problem = _Problem(graph, spec, options, deadline)
+    problem = _Problem(graph, spec, options, deadline, getattr(options, "device", "cpu"))
     if not problem.layers:
         return Verdict("unknown", method="bab", detail="no ReLU to split")
     outcome = problem.root()
@@ -123,7 +123,7 @@ def split_relus(graph: Graph, prop: Property, spec: RegionSpec, options, deadlin
             return Verdict("unknown", method="bab", detail=f"ReLU domain limit {options.relu_max_domains} reached")
         started = time.monotonic()
         hardest = queue.priority.argsort()[: min(options.relu_batch, int(fits))]
-        rest = torch.ones(len(queue), dtype=torch.bool)
+        rest = torch.ones(len(queue), dtype=torch.bool, device=queue.open.device)
         rest[hardest] = False
         parents, queue = queue.select(hardest), queue.select(rest.nonzero()[:, 0])
         outcome = problem.bound_children(parents)
@@ -138,14 +138,18 @@ def split_relus(graph: Graph, prop: Property, spec: RegionSpec, options, deadlin
 
 
 class _Problem:
-    """One region's branch and bound: the graph in float32 and float64, the clause rows, the ReLU layout."""
+    """One region's branch and bound: the graph in float32 on `device` (where the domains are bounded)
+    and in float64 on the CPU (attacks, LP leaves), the clause rows, the ReLU layout."""
 
-    def __init__(self, graph: Graph, spec: RegionSpec, options, deadline: float | None = None):
-        self.graph, self.graph64, self.spec = graph.to(F32), graph.to(torch.float64), spec
-        self.region = spec.region.to(F32)
-        self.rows = torch.cat([c.coefficients for c in spec.clauses]).to(F32)
-        self.rhs = torch.cat([c.rhs for c in spec.clauses]).to(F32)
+    def __init__(self, graph: Graph, spec: RegionSpec, options, deadline: float | None = None,
+                 device: str = "cpu"):
+        self.device = torch.device(device)
+        self.graph, self.graph64, self.spec = graph.to(F32, self.device), graph.to(torch.float64), spec
+        self.region = spec.region.to(F32, self.device)
+        self.rows = torch.cat([c.coefficients for c in spec.clauses]).to(F32).to(self.device)
+        self.rhs = torch.cat([c.rhs for c in spec.clauses]).to(F32).to(self.device)
         self.owner = torch.cat([torch.full((c.coefficients.shape[0],), i) for i, c in enumerate(spec.clauses)])
+        self.owner = self.owner.to(self.device)
         self.alpha = AlphaCrownOptions(steps=options.relu_alpha_steps, deadline=deadline)
         self.attack_points, self.batch_rows = options.relu_attack_points, options.relu_batch_rows
         self.beta = options.relu_beta
@@ -160,7 +164,7 @@ class _Problem:
             bounds = layer_bounds(self.graph, self.region, "adaptive", {}, batch_rows=self.batch_rows)
         bounds, _ = tighten_intermediate(self.graph, self.region, rows, bounds,
                                          dataclasses.replace(self.alpha, steps=20))
-        open_clauses = torch.ones(1, len(self.spec.clauses), dtype=torch.bool)
+        open_clauses = torch.ones(1, len(self.spec.clauses), dtype=torch.bool, device=self.device)
         return self._finish(bounds, open_clauses)
 
     def bound_children(self, parents: _Domains) -> _Outcome:
@@ -175,14 +179,14 @@ class _Problem:
                 open_clauses += [group.open, group.open]
         bounds = {name: Interval(torch.cat([g[name].lower for g in groups]),
                                  torch.cat([g[name].upper for g in groups])) for name in self.relaxed}
-        region = self.region.select(torch.zeros(2 * len(parents), dtype=torch.long))
+        region = self.region.select(torch.zeros(2 * len(parents), dtype=torch.long, device=self.device))
         return self._finish(bounds, torch.cat(open_clauses), region)
 
     def _split_and_rebound(self, parents: _Domains, layer: _Layer) -> dict[str, Interval]:
         """The bounds of the children of parents that all split a neuron of `layer`: first every
         parent's active child, then every inactive one."""
         count, local = len(parents), parents.branch - layer.offset
-        index = torch.arange(count)
+        index = torch.arange(count, device=self.device)
         reference = {}
         for name, bound in parents.bounds.items():
             lower, upper = (torch.cat([t, t]) for t in (bound.lower, bound.upper))
@@ -194,7 +198,7 @@ class _Problem:
                 lower, upper = lower.reshape(shape), upper.reshape(shape)
             reference[name] = Interval(lower, upper)
         known = {k: v for k, v in reference.items() if self.positions.get(k, -1) <= layer.position}
-        region = self.region.select(torch.zeros(2 * count, dtype=torch.long))
+        region = self.region.select(torch.zeros(2 * count, dtype=torch.long, device=self.device))
         with torch.no_grad():
             bounds = layer_bounds(self.graph, region, "adaptive", known, batch_rows=self.batch_rows,
                                   reference=reference, skip_stable=True)
@@ -220,7 +224,8 @@ class _Problem:
         best, branch = self._branch_scores(bounds, folded_bounds, record, domain, live, len(open_clauses)).max(1)
         leaves = (open_clauses.any(1) & (best == float("-inf"))).nonzero()[:, 0]
         for leaf in leaves.tolist():
-            open_clauses[leaf], points = self._solve_leaf(bounds, leaf, open_clauses[leaf])
+            still_open, points = self._solve_leaf(bounds, leaf, open_clauses[leaf].cpu())
+            open_clauses[leaf] = still_open.to(self.device)
             candidates += points
         keep = (open_clauses.any(1) & (best > float("-inf"))).nonzero()[:, 0]
         priority = self._priority(margin, domain, row, open_clauses)
@@ -248,7 +253,8 @@ class _Problem:
         candidates (x, y); regions or ops the LP cannot encode leave the domain open."""
         try:
             region = self.spec.region.to(torch.float64)
-            known = {k: v.to(torch.float64) for k, v in select_problem(bounds, index).items()}
+            known = {k: Interval(v.lower.double().cpu(), v.upper.double().cpu())
+                     for k, v in select_problem(bounds, index).items()}
             with torch.no_grad():  # every other value: the interval image of these
                 boxes = layer_bounds(self.graph64, region, "adaptive", known)
             encoding = encode_graph(self.graph64, region, boxes)
@@ -287,7 +293,7 @@ class _Problem:
             unstable = (lower < 0) & (upper > 0)
             intercept = torch.where(unstable, -lower * upper / (upper - lower).clamp_min(1e-12), 0.0)
             per_pair = coefficient.clamp(min=0) * intercept + 1e-6 * coefficient.abs() * intercept
-            score = torch.zeros(count, layer.size, dtype=per_pair.dtype).index_add_(0, domain, per_pair)
+            score = per_pair.new_zeros(count, layer.size).index_add_(0, domain, per_pair)
             whole = bounds[layer.value]
             stable = ((whole.lower >= 0) | (whole.upper <= 0)).flatten(1).expand(count, -1)
             parts.append(score.masked_fill(stable, float("-inf")))
@@ -296,7 +302,7 @@ class _Problem:
     def _priority(self, margin, domain, row, open_clauses) -> torch.Tensor:
         """Per domain, the margin of its worst open clause (a clause's margin: its best row's)."""
         count, clauses = open_clauses.shape
-        flat = torch.full((count * clauses,), float("-inf"))
+        flat = torch.full((count * clauses,), float("-inf"), device=self.device)
         flat.scatter_reduce_(0, domain * clauses + self.owner[row], margin.detach(), "amax")
         return flat.reshape(count, clauses).masked_fill(~open_clauses, float("inf")).amin(1)
 
@@ -305,6 +311,7 @@ class _Problem:
         returns the best violating (x, y), if any, in a list."""
         if input_coefficients is None or not bool(live.any()):
             return []
+        input_coefficients, margin, live = input_coefficients.cpu(), margin.cpu(), live.cpu()
         points = _maximiser(self.spec.region, input_coefficients.flatten(1)[live].double())
         worst = margin[live].argsort()[: self.attack_points]
         points = torch.cat([points, _descend(self.graph64, self.spec, points[worst])])
