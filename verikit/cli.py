@@ -60,7 +60,7 @@ def _check_device(context, parameter, value: str) -> str:
 
 device_option = click.option(
     "--device", default="cpu", show_default=True, callback=_check_device,
-    help="Where bounds are computed: cpu, or cuda for a GPU (ReLU-splitting BaB and attacks stay on the CPU).")
+    help="Where bounds and branch and bound run: cpu, or cuda for a GPU (attacks and LP leaves stay on the CPU).")
 
 
 def use_threads() -> None:

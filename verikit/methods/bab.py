@@ -38,8 +38,8 @@ class BaBOptions:
     largest input dimension split directly (larger inputs go to ReLU splitting, relu_split.py);
     max_domains: a memory cap on the queue. relu_*: ReLU splitting's parents split at once,
     alpha-CROWN steps per bounding (1: plain CROWN), beta-CROWN split multipliers on or off, queue cap,
-    PGD starts per batch, and rows per backward pass of the intermediate bounds. device: where input
-    splitting bounds its domains ("cuda" for a GPU; ReLU splitting runs on the CPU)."""
+    PGD starts per batch, and rows per backward pass of the intermediate bounds. device: where the
+    domains are bounded ("cuda" for a GPU; attacks and LP leaves run on the CPU)."""
 
     bound_method: str = "crown"
     batch: int | None = None  # None: 1024 on the CPU, 16384 on a GPU
