@@ -31,9 +31,10 @@ def _grid_max(graph) -> float:
         return float(graph.to(torch.float64).forward_flat(grid)[:, 0].max())
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_agrees_with_brute_force_on_small_nets(tmp_path, seed):
-    graph = load_model(mlp(tmp_path / f"net{seed}.onnx", "Relu", widths=(12, 12), inputs=2, outputs=2, seed=seed))
+@pytest.mark.parametrize("seed,activation", [(0, "Relu"), (1, "Relu"), (2, "Relu"), (3, "LeakyRelu"),
+                                             (4, "Sigmoid"), (5, "Tanh")])
+def test_agrees_with_brute_force_on_small_nets(tmp_path, seed, activation):
+    graph = load_model(mlp(tmp_path / f"net{seed}.onnx", activation, widths=(12, 12), inputs=2, outputs=2, seed=seed))
     top = _grid_max(graph)
     method = BranchAndBound()
     above = method.decide(graph, _threshold_property(graph, top + 0.05), BaBOptions(batch=64), time.monotonic() + 30)
