@@ -46,7 +46,7 @@ class BaBOptions:
     max_inputs: int = 16
     max_domains: int = 2_000_000
     relu_batch: int = 256
-    relu_alpha_steps: int = 10
+    relu_alpha_steps: int = 20
     relu_beta: bool = True
     relu_max_domains: int = 100_000
     relu_attack_points: int = 16
