@@ -10,7 +10,6 @@ from pathlib import Path
 from verikit.errors import SpecError
 from verikit.spec.property import InputConstraints, OutputClause, Property, RegionSpec
 from verikit.spec.vnnlib import read_vnnlib, write_vnnlib
-from verikit.spec.yaml_spec import read_yaml_spec
 
 __all__ = ["InputConstraints", "OutputClause", "Property", "RegionSpec", "load_spec", "read_vnnlib",
            "read_yaml_spec", "write_vnnlib"]
@@ -32,6 +31,13 @@ def load_spec(path: str | Path, n_inputs: int | None = None, n_outputs: int | No
             return _check_sizes(entry.provider(path), path, n_inputs, n_outputs)
     known = ", ".join([".vnnlib", ".vnnlib.gz", ".yaml", ".yml", *readers])
     raise SpecError("unknown spec format", path=str(path), fix=f"give a file ending in one of: {known}")
+
+
+def read_yaml_spec(path: str | Path, n_inputs: int | None = None, n_outputs: int | None = None) -> Property:
+    """The YAML reader (verikit.spec.yaml_spec), imported on first use: PyYAML costs start-up."""
+    from verikit.spec.yaml_spec import read_yaml_spec as read
+
+    return read(path, n_inputs, n_outputs)
 
 
 def _check_sizes(prop: Property, path: str | Path, n_inputs: int | None, n_outputs: int | None) -> Property:
