@@ -197,7 +197,7 @@ class _RowBounder:
         bound = compute_bounds(self.graph, Box(center - radius, center + radius), self.rows, self.mode,
                                intermediate=intermediate, batch_rows=1 << 30, sides="lower").lower - self.rhs
         refuted = self._refuted(bound.detach())
-        promising = torch.stack([bound[:, self.owner == k].max(1).values for k in range(self.clauses)], 1)
+        promising = self._best_rows(bound)
         open_after = domains.open.to(self.device) & ~refuted
         (coefficients,) = torch.autograd.grad((promising * open_after).sum(), center)
         return refuted.cpu(), coefficients.abs().double().cpu()
@@ -216,24 +216,23 @@ class _RowBounder:
             rows = self.rows.reshape(1, self.rows.shape[1], *self.graph.output_shape)
             bound = backward_bound(self.graph, box, self.graph.output_name, rows, bounds, self.mode,
                                    sides="lower").lower - self.rhs
-            promising = torch.stack([bound[:, self.owner == k].max(1).values for k in range(self.clauses)], 1)
+            promising = self._best_rows(bound)
             (gradient,) = torch.autograd.grad((promising * open_clauses).sum(), radius)
         return (-gradient).clamp(min=0) / 2
 
     def _intermediate(self, box: Box) -> dict:
         """Bounds of every value a nonlinearity reads. Where the graph allows, forward-mode bounds first
         (cheap on a few inputs), then back-substitution only for the neurons they leave unstable."""
-        from verikit.propagate.backward import compute_bounds, layer_bounds, values_to_relax
+        from verikit.propagate.backward import layer_bounds, values_to_relax
 
-        if not self.forward:
-            intermediate: dict = {}
-            compute_bounds(self.graph, box, self.rows[:, :1], self.mode, intermediate=intermediate,
-                           batch_rows=1 << 30, sides="lower")
-            return intermediate
-        reference = bounds_by_forward_mode(self.graph, box, self.mode)
+        reference = bounds_by_forward_mode(self.graph, box, self.mode) if self.forward else None
         bounds = layer_bounds(self.graph, box, self.mode, {}, batch_rows=1 << 30, reference=reference,
-                              skip_stable=True)
+                              skip_stable=self.forward)
         return {name: bounds[name] for name in values_to_relax(self.graph)}
+
+    def _best_rows(self, margins: torch.Tensor) -> torch.Tensor:
+        """[D, clauses]: each clause's largest row lower bound (the row closest to refuting it)."""
+        return torch.stack([margins[:, self.owner == k].max(1).values for k in range(self.clauses)], 1)
 
     def _refuted(self, margins: torch.Tensor) -> torch.Tensor:
         """A clause is refuted when any of its rows has a positive lower bound."""

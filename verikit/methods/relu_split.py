@@ -146,10 +146,10 @@ class _Problem:
         self.device = torch.device(device)
         self.graph, self.graph64, self.spec = graph.to(F32, self.device), graph.to(torch.float64), spec
         self.region = spec.region.to(F32, self.device)
-        self.rows = torch.cat([c.coefficients for c in spec.clauses]).to(F32).to(self.device)
-        self.rhs = torch.cat([c.rhs for c in spec.clauses]).to(F32).to(self.device)
-        self.owner = torch.cat([torch.full((c.coefficients.shape[0],), i) for i, c in enumerate(spec.clauses)])
-        self.owner = self.owner.to(self.device)
+        self.rows = torch.cat([c.coefficients for c in spec.clauses]).to(self.device, F32)
+        self.rhs = torch.cat([c.rhs for c in spec.clauses]).to(self.device, F32)
+        self.owner = torch.cat([torch.full((c.coefficients.shape[0],), i, device=self.device)
+                                for i, c in enumerate(spec.clauses)])
         self.alpha = AlphaCrownOptions(steps=options.relu_alpha_steps, deadline=deadline)
         self.attack_points, self.batch_rows = options.relu_attack_points, options.relu_batch_rows
         self.beta = options.relu_beta

@@ -221,9 +221,8 @@ def _rebound_pairs(graph: Graph, region: Region, value: str, bounds: dict[str, I
     for start in range(0, len(problems), step):
         problem, column = problems[start:start + step], columns[start:start + step]
         options["relaxations"] = {name: _select_relaxation(r, problem) for name, r in full.items()}
-        rows = torch.zeros(len(problem), 1, prod(shape), dtype=lower.dtype, device=lower.device)
-        rows[torch.arange(len(problem), device=rows.device), 0, column] = 1
-        part = backward_bound(graph, region.select(problem), value, rows.reshape(-1, 1, *shape), {}, mode,
+        rows = _identity_rows(shape, column, 0, len(column), like=lower).reshape(-1, 1, *shape)  # one a pair
+        part = backward_bound(graph, region.select(problem), value, rows, {}, mode,
                               **options)  # the relaxations are given: no bounds needed
         lower[problem, column] = torch.maximum(lower[problem, column], part.lower[:, 0])
         upper[problem, column] = torch.minimum(upper[problem, column], part.upper[:, 0])
