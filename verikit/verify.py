@@ -116,13 +116,18 @@ def _complete(graph: Graph, prop: Property, open_regions: list[_Open], name: str
               device: str = "cpu") -> Verdict:
     """The complete method on the clauses still open; its `sat` stands only once confirmed."""
     method = get_method(name)
-    options = method.default_options()
-    if hasattr(options, "device"):
-        options = dataclasses.replace(options, device=device)
+    options = _options_with(method, device=device)
     verdict = method.decide(graph, _restrict(prop, open_regions), options, deadline)
     if verdict.status == "sat":
         verdict = confirm(graph, prop, verdict.counterexample, name) or Verdict("unknown", method=name)
     return verdict
+
+
+def _options_with(method, **fields):
+    """The method's default options with those of `fields` its options dataclass has."""
+    options = method.default_options()
+    present = {key: value for key, value in fields.items() if hasattr(options, key)}
+    return dataclasses.replace(options, **present) if present else options
 
 
 def _stamp(verdict: Verdict, start: float) -> Verdict:
@@ -165,9 +170,7 @@ def _refute(graph: Graph, prop: Property, method, open_regions: list[_Open], dev
     """Bound each open region's clause rows with `method` (computing on `device`, which the bound
     methods follow from the region, and stopping iterative work at `deadline` where the method's
     options have one); keep the clauses no row refutes."""
-    options = method.default_options()
-    if hasattr(options, "deadline"):
-        options = dataclasses.replace(options, deadline=deadline)
+    options = _options_with(method, deadline=deadline)
     still_open = []
     for item in open_regions:
         spec = prop.regions[item.region_index]
