@@ -18,7 +18,7 @@ import torch
 import verikit
 from verikit.methods.bab import BaBOptions, BranchAndBound
 from verikit.plugins import get_method
-from verikit.verify import VerifyOptions, verify
+from verikit.pipeline import VerifyOptions, verify
 
 ACAS = [("3_3", "prop_2"), ("1_1", "prop_2"), ("2_1", "prop_3"), ("1_1", "prop_6"), ("3_3", "prop_9")]
 CONV = [("cifar10_resnet/onnx/resnet_2b.onnx",

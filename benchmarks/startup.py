@@ -14,6 +14,8 @@ from pathlib import Path
 ACAS = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "acasxu"
 COMMANDS = {
     "python -c 'import torch'": [sys.executable, "-c", "import torch"],
+    # The same with garbage collection off during the import and the heap frozen after it, as the CLI does.
+    "import torch, collections off": [sys.executable, "-c", "import gc; gc.disable(); import torch; gc.freeze()"],
     "verikit verify (sat by attack)": [sys.executable, "-m", "verikit.cli", "verify", "-q",
                                        str(ACAS / "ACASXU_run2a_2_1_batch_2000.onnx"), str(ACAS / "prop_2.vnnlib")],
     "verikit verify (unsat by crown+bab)": [sys.executable, "-m", "verikit.cli", "verify", "-q",

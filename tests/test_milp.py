@@ -19,7 +19,7 @@ from verikit.methods.milp import MILP, MILPOptions
 from verikit.plugins import get_method
 from verikit.region import Box, LpBall
 from verikit.spec.property import InputConstraints, OutputClause, Property, RegionSpec
-from verikit.verify import VerifyOptions, verify
+from verikit.pipeline import VerifyOptions, verify
 
 # family -> box radius leaving 10 to 30 unstable ReLUs under CROWN's bounds
 TINY = {"relu-mlp": 0.3, "leaky-mlp": 0.3, "cnn-avgpool-bn": 0.03, "cnn-maxpool": 0.02,

@@ -18,7 +18,7 @@ from verikit.plugins import get_method, registry
 from verikit.propagate.backward import layer_bounds
 from verikit.region import Box, LpBall
 from verikit.spec.property import InputConstraints, OutputClause, Property, RegionSpec
-from verikit.verify import VerifyOptions, verify
+from verikit.pipeline import VerifyOptions, verify
 
 F64 = torch.float64
 OPTIONS = BaBOptions(max_inputs=2)  # every test net has more inputs: ReLU splitting

@@ -10,7 +10,7 @@ from conftest import benchmark_instances
 from verikit.api import load_model, load_spec
 from verikit.onnx_runtime import evaluate
 from verikit.results import format_result, read_result, write_result
-from verikit.verify import VerifyOptions, verify
+from verikit.pipeline import VerifyOptions, verify
 
 # A fixed sample of ACAS Xu: sat and unsat instances over several properties and networks.
 ACAS_SAMPLE = [("ACASXU_run2a_1_1_batch_2000.onnx", "prop_1.vnnlib"),

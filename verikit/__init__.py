@@ -5,7 +5,20 @@
     spec = verikit.load_spec("prop.vnnlib", model)
     print(verikit.verify(model, spec, timeout=60).status)
 """
-from verikit.api import bound, certified_radius, load_model, load_spec, verify
+from __future__ import annotations
+
+from typing import Any
 
 __all__ = ["load_model", "load_spec", "bound", "verify", "certified_radius"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    """The public functions live in `verikit.api`, imported (with torch) on first use: the command line
+    sets up its process before torch's import."""
+    if name in __all__:
+        from verikit import api
+
+        globals().update({public: getattr(api, public) for public in __all__})
+        return globals()[name]
+    raise AttributeError(f"module 'verikit' has no attribute {name!r}")

@@ -11,7 +11,7 @@ from verikit.methods.base import Verdict
 from verikit.plugins import get_method
 from verikit.region import Box, LpBall
 from verikit.spec.property import Property
-from verikit.verify import VerifyOptions, verify as _verify
+from verikit.pipeline import VerifyOptions, verify as _verify
 
 
 def load_model(path: str | Path, check: bool = True) -> Graph:

@@ -81,7 +81,7 @@ def run_instance(instance: Instance, options: SuiteOptions) -> dict:
     from verikit.errors import VerikitError
     from verikit.methods.base import Verdict
     from verikit.results import write_result
-    from verikit.verify import VerifyOptions, verify
+    from verikit.pipeline import VerifyOptions, verify
 
     start = time.monotonic()
     timeout = min(instance.timeout, options.timeout_cap or instance.timeout)

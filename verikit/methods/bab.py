@@ -111,7 +111,7 @@ def _root_box(spec: RegionSpec) -> Box:
 
 def _split_inputs(graph: Graph, prop: Property, spec: RegionSpec, options: BaBOptions, deadline: float) -> Verdict:
     """Branch and bound over one region's input box."""
-    from verikit.verify import confirm
+    from verikit.pipeline import confirm
 
     bounder = _RowBounder(graph, spec, get_method(options.bound_method), options.device)
     root = _root_box(spec)

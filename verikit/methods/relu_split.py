@@ -95,7 +95,7 @@ class _Outcome:
 def split_relus(graph: Graph, prop: Property, spec: RegionSpec, options, deadline: float) -> Verdict:
     """Decide one region by ReLU splitting (options: BaBOptions' relu_* fields); sat only with a
     counterexample that verify.confirm accepts."""
-    from verikit.verify import confirm
+    from verikit.pipeline import confirm
 
     if any(clause.coefficients.shape[0] == 0 for clause in spec.clauses):  # no row: the whole region is unsafe
         center = spec.region.project(spec.region.bounding_box().center.unsqueeze(1))[0, 0].double()
