@@ -11,7 +11,8 @@ Each output row and side gets its own slopes (as auto_LiRPA keeps one alpha per 
 are folded into the problem batch, B problems x R rows -> B*R problems of one row each. Intermediate
 bounds come from CROWN and stay fixed while the rows are optimised; with `optimize_intermediate` a
 first phase re-bounds every layer at each step with slopes shared per problem and keeps, per neuron,
-the tightest bound met (each one is sound, so their intersection is too).
+the tightest bound met (each one is sound, so their intersection is too). `tighten_each_neuron` goes
+further for branch and bound's root: every unstable intermediate neuron gets slopes of its own.
 """
 from __future__ import annotations
 
@@ -29,10 +30,11 @@ from verikit.hookspecs import hookimpl
 from verikit.methods.base import Method
 from verikit.methods.linear_relaxation import DTYPES
 from verikit.propagate.backward import (backward_bound, interval_of_rows, layer_bounds, region_device,
-                                       values_to_relax)
+                                       upstream_in_reverse, values_to_relax)
 from verikit.region import Region
 
 SLOPED_OPS = ("Relu", "LeakyRelu")
+SLOPE_ENTRIES = 1 << 23  # problems x slopes optimised at once by tighten_each_neuron: a memory cap
 
 
 @dataclass
@@ -117,21 +119,23 @@ def fold(graph: Graph, region: Region, bounds: dict[str, Interval], index: torch
 def optimize_folded(graph: Graph, region: Region, rows: torch.Tensor, bounds: dict[str, Interval],
                     options: AlphaCrownOptions, record: dict[str, torch.Tensor] | None = None,
                     split_signs: dict[str, torch.Tensor] | None = None,
-                    stop_at: torch.Tensor | None = None) -> torch.Tensor:
+                    stop_at: torch.Tensor | None = None, target: str | None = None) -> torch.Tensor:
     """Lower bounds [P] of `rows[p] . output` ([P, 1, *output_shape]) over problem p of the region, each
     with its own slopes; `record` receives backward_bound's coefficients (upper-bound form, for -rows)
     at each problem's best step; the ascent stops early once every bound exceeds `stop_at` ([P]).
 
     `split_signs` (value -> [P, *shape] of +1 / -1 / 0) adds beta-CROWN's Lagrangian terms (Wang et al.
     2021): where the sign is s, s * value >= 0 holds on problem p's domain, so for any beta >= 0 the
-    upper bound of -rows . output may add beta * s * value; the betas start at 0 and are optimised too."""
+    upper bound of -rows . output may add beta * s * value; the betas start at 0 and are optimised too.
+    `target` names another value than the output for the rows to bound."""
+    target = target or graph.output_name
     slopes = initial_slopes(graph, bounds)
     betas = {name: torch.zeros_like(sign, requires_grad=True) for name, sign in (split_signs or {}).items()}
     step_record: dict[str, torch.Tensor] | None = {} if record is not None else None
 
     def objective() -> torch.Tensor:
         extra = {name: (beta * split_signs[name]).unsqueeze(1) for name, beta in betas.items()}
-        found = backward_bound(graph, region, graph.output_name, rows, bounds, "optimizable", sides="lower",
+        found = backward_bound(graph, region, target, rows, bounds, "optimizable", sides="lower",
                                lower_slopes=slopes, record=step_record, extra=extra or None)
         return found.lower[:, 0]
 
@@ -160,6 +164,49 @@ def tighten_intermediate(graph: Graph, region: Region, coefficients: torch.Tenso
 
     best = _ascend(objective, [(list(slopes.values()), options.lr, 1.0)], options)
     return best_bounds, Interval(best[:, :rows], -best[:, rows:])
+
+
+def tighten_each_neuron(graph: Graph, region: Region, bounds: dict[str, Interval],
+                        options: AlphaCrownOptions) -> dict[str, Interval]:
+    """Intermediate bounds of a one-problem region tightened neuron by neuron, layer by layer: each
+    unstable neuron's two sides get slopes of their own (as alpha-CROWN gives each output row), and
+    the later layers are re-bounded on the result, so the gain carries forward."""
+    bounds = dict(bounds)
+    relaxed = [name for name in values_to_relax(graph) if name in bounds]
+    for position, name in enumerate(relaxed):
+        bound = bounds[name]
+        lower, upper = bound.lower.flatten(1)[0].clone(), bound.upper.flatten(1)[0].clone()
+        unstable = ((lower < 0) & (upper > 0)).nonzero()[:, 0]
+        upstream = sum(prod(graph.shapes[node.inputs[0]]) for node in upstream_in_reverse(graph, name)
+                       if node.op_type in SLOPED_OPS)
+        if not len(unstable) or not upstream:
+            continue
+        step = max(1, SLOPE_ENTRIES // (2 * upstream))  # neurons per pass: a memory cap
+        for start in range(0, len(unstable), step):
+            neurons = unstable[start:start + step]
+            found_lower, found_upper = _tighten_neurons(graph, region, bounds, name, neurons, options)
+            lower[neurons] = torch.maximum(lower[neurons], found_lower)
+            upper[neurons] = torch.minimum(upper[neurons], found_upper)
+        bounds[name] = Interval(lower.reshape(bound.lower.shape), upper.reshape(bound.upper.shape))
+        known = {k: bounds[k] for k in relaxed[: position + 1]}
+        with torch.no_grad():
+            bounds.update(layer_bounds(graph, region, "adaptive", known, intersect_ibp=options.intersect_ibp,
+                                       batch_rows=options.batch_rows, reference=bounds))
+    return bounds
+
+
+def _tighten_neurons(graph: Graph, region: Region, bounds: dict[str, Interval], name: str,
+                     neurons: torch.Tensor, options: AlphaCrownOptions) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lower and upper bounds of the given neurons of value `name`, each side with its own slopes."""
+    count, size = len(neurons), prod(graph.shapes[name])
+    rows = bounds[name].lower.new_zeros(2 * count, size)
+    rows[torch.arange(count), neurons] = 1.0
+    rows[count + torch.arange(count), neurons] = -1.0
+    index = torch.zeros(2 * count, dtype=torch.long, device=rows.device)
+    folded_region, folded_bounds = fold(graph, region, bounds, index)
+    found = optimize_folded(graph, folded_region, rows.reshape(2 * count, 1, *graph.shapes[name]),
+                            folded_bounds, options, target=name)
+    return found[:count], -found[count:]
 
 
 def initial_slopes(graph: Graph, bounds: dict[str, Interval]) -> dict[str, torch.Tensor]:

@@ -35,7 +35,8 @@ import torch
 from verikit.bounds import Interval
 from verikit.errors import VerikitError
 from verikit.graph import Graph
-from verikit.methods.alpha_crown import AlphaCrownOptions, fold, optimize_folded, tighten_intermediate
+from verikit.methods.alpha_crown import (AlphaCrownOptions, fold, optimize_folded, tighten_each_neuron,
+                                        tighten_intermediate)
 from verikit.lp.encode import encode_graph, select_problem
 from verikit.methods.base import Verdict
 from verikit.propagate.backward import layer_bounds, values_to_relax
@@ -158,12 +159,14 @@ class _Problem:
         self.positions = {node.output: i for i, node in enumerate(self.graph.nodes)}
 
     def root(self) -> _Outcome:
-        """Bound the whole region (intermediate slopes optimised too) and choose its first split."""
+        """Bound the whole region (intermediate bounds tightened with shared slopes, then neuron by neuron:
+        every domain inherits them) and choose its first split."""
         rows = self.rows.unsqueeze(0).reshape(1, len(self.rows), *self.graph.output_shape)
         with torch.no_grad():
             bounds = layer_bounds(self.graph, self.region, "adaptive", {}, batch_rows=self.batch_rows)
         bounds, _ = tighten_intermediate(self.graph, self.region, rows, bounds,
                                          dataclasses.replace(self.alpha, steps=20))
+        bounds = tighten_each_neuron(self.graph, self.region, bounds, dataclasses.replace(self.alpha, steps=20))
         open_clauses = torch.ones(1, len(self.spec.clauses), dtype=torch.bool, device=self.device)
         return self._finish(bounds, open_clauses)
 
