@@ -1,5 +1,6 @@
 """Branch and bound (input splitting): complete answers that agree with brute force on small nets and
-with the known answers on real ACAS Xu instances; `timeout`, never a guess, at the deadline."""
+with the known answers on real ACAS Xu instances, in one process or a pool of workers over pieces that
+cover the box; `timeout`, never a guess, at the deadline."""
 from __future__ import annotations
 
 import time
@@ -11,6 +12,7 @@ from conftest import BENCHMARKS
 from netgen import mlp
 from verikit.api import load_model, load_spec
 from verikit.methods.bab import BaBOptions, BranchAndBound
+from verikit.methods.bab_pool import input_pieces
 from verikit.region import Box
 from verikit.spec.property import OutputClause, Property, RegionSpec
 
@@ -78,3 +80,35 @@ def test_input_splitting_without_forward_mode(tmp_path):
     assert method.decide(graph, _threshold_property(graph, top + 0.3), None, time.monotonic() + 60).status == "unsat"
     below = method.decide(graph, _threshold_property(graph, top - 0.05), None, time.monotonic() + 60)
     assert below.status == "sat" and float(below.counterexample[1][0]) >= top - 0.05
+
+
+def test_input_pieces_cover_the_box_exactly():
+    lower, upper = torch.tensor([[0.0, -1.0, 2.0]]), torch.tensor([[1.0, 3.0, 2.5]])
+    spec = RegionSpec(Box(lower.double(), upper.double()), ())
+    pieces = input_pieces(spec, 6)
+    assert len(pieces) >= 6
+    volumes = [float((p.region.upper - p.region.lower).prod()) for p in pieces]
+    assert sum(volumes) == pytest.approx(float((upper - lower).prod()))
+    for piece in pieces:
+        assert bool((piece.region.lower >= lower).all() and (piece.region.upper <= upper).all())
+
+
+def test_a_pool_of_workers_agrees_with_one_process(tmp_path):
+    graph = load_model(mlp(tmp_path / "net.onnx", "Relu", widths=(12, 12), inputs=2, outputs=2, seed=1))
+    top = _grid_max(graph)
+    pooled = BaBOptions(batch=64, workers=2)
+    above = BranchAndBound().decide(graph, _threshold_property(graph, top + 0.05), pooled, time.monotonic() + 60)
+    assert above.status == "unsat" and "pieces in 2 workers" in above.detail
+    below = BranchAndBound().decide(graph, _threshold_property(graph, top - 0.05), pooled, time.monotonic() + 60)
+    assert below.status == "sat"
+    x, y = below.counterexample
+    assert float(y[0]) >= top - 0.05 and bool((x.abs() <= 1).all())
+
+
+def test_a_pool_of_workers_times_out_at_the_deadline(benchmarks):
+    graph = load_model(BENCHMARKS / "acasxu" / "ACASXU_run2a_3_3_batch_2000.onnx")
+    prop = load_spec(BENCHMARKS / "acasxu" / "prop_2.vnnlib", graph)
+    start = time.monotonic()
+    verdict = BranchAndBound().decide(graph, prop, BaBOptions(workers=2), start + 6.0)
+    assert verdict.status == "timeout"
+    assert time.monotonic() - start < 30.0  # a guard against workers that ignore the deadline (hang)

@@ -167,3 +167,10 @@ def test_device_without_a_gpu_is_one_clear_error(benchmarks):
 def test_verify_on_the_cpu_device_explicitly(benchmarks):
     result = invoke("verify", TEST / "test_tiny.onnx", TEST / "test_tiny.vnnlib", "--device", "cpu", "-q")
     assert result.exit_code == 0 and result.output.strip() == "unsat"
+
+
+def test_verify_workers_option(benchmarks):
+    result = invoke("verify", TEST / "test_tiny.onnx", TEST / "test_tiny.vnnlib", "--workers", "0")
+    assert result.exit_code == 2 and "--workers" in result.output and "Traceback" not in result.output
+    result = invoke("verify", TEST / "test_tiny.onnx", TEST / "test_tiny.vnnlib", "--workers", "2", "-q")
+    assert result.exit_code == 0 and result.output.strip() == "unsat"

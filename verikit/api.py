@@ -60,8 +60,11 @@ def certified_radius(model: Graph, x0: torch.Tensor, label: int, target: int | N
 
 
 def verify(model: Graph, spec: Property, timeout: float = 60.0, methods: tuple[str, ...] | None = None,
-           attack: str | None = "pgd", complete: str | None = "bab", device: str = "cpu") -> Verdict:
+           attack: str | None = "pgd", complete: str | None = "bab", device: str = "cpu",
+           workers: int = 1) -> Verdict:
     """Decide the spec: `sat` (with a counterexample confirmed by onnxruntime), `unsat`, or
-    `unknown`/`timeout`; `device="cuda"` computes the bounds on a GPU."""
-    options = VerifyOptions(timeout=timeout, methods=methods, attack=attack, complete=complete, device=device)
+    `unknown`/`timeout`; `device="cuda"` computes the bounds on a GPU; `workers` processes share the
+    complete method's work (bab: pieces of the property)."""
+    options = VerifyOptions(timeout=timeout, methods=methods, attack=attack, complete=complete, device=device,
+                            workers=workers)
     return _verify(model, spec, options)

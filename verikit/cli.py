@@ -114,9 +114,12 @@ def main(threads: int) -> None:
 @click.option("--results", type=click.Path(dir_okay=False), help="Write a VNN-COMP result file here.")
 @click.option("--no-check", is_flag=True, help="Skip comparing the model with onnxruntime at load.")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the verdict.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Processes for branch and bound: pieces of each input box (input splitting) or the "
+                   "spec's regions (ReLU splitting) are decided at once.")
 @device_option
 @handles_errors
-def verify(model, spec, methods, attack, complete, timeout, results, no_check, quiet, device) -> None:
+def verify(model, spec, methods, attack, complete, timeout, results, no_check, quiet, workers, device) -> None:
     """Decide whether SPEC (VNN-LIB or YAML, describing the UNSAFE set) holds for the ONNX MODEL.
 
     Prints `unsat` (the property holds), `sat` (with a counterexample re-checked by onnxruntime),
@@ -139,7 +142,8 @@ def verify(model, spec, methods, attack, complete, timeout, results, no_check, q
             prop = load_spec(spec, graph)
             options = VerifyOptions(timeout=timeout, methods=tuple(methods) or None,
                                     attack=None if attack == "none" else attack,
-                                    complete=None if complete == "none" else complete, device=device)
+                                    complete=None if complete == "none" else complete, device=device,
+                                    workers=workers)
             update = (lambda stage: status.update(f"{Path(model).name}: {stage}")) if console else None
             verdict = run_verify(graph, prop, options, progress=update)
     except VerikitError:

@@ -32,7 +32,8 @@ FIRST_SLICE_SHARE = 0.1  # of the time, for the complete method before the stron
 class VerifyOptions:
     """timeout: seconds for the whole instance; methods: bound methods to try in order (None: the
     registered ones of DEFAULT_BOUND_ORDER); attack / complete: method names or None to skip;
-    device: where the bound methods (and the complete method, where it can) compute ("cuda")."""
+    device: where the bound methods (and the complete method, where it can) compute ("cuda");
+    workers: processes the complete method may use (bab: pieces of the property)."""
 
     timeout: float = 60.0
     methods: tuple[str, ...] | None = None
@@ -40,6 +41,7 @@ class VerifyOptions:
     complete: str | None = DEFAULT_COMPLETE
     input_tolerance: float = 0.0
     device: str = "cpu"
+    workers: int = 1
 
 
 @dataclass
@@ -107,16 +109,17 @@ def verify(graph: Graph, prop: Property, options: VerifyOptions | None = None,
             return finish(verdict)
     if complete is not None and time.monotonic() < deadline:
         say(f"complete ({complete})")
-        return finish(_complete(graph, prop, open_regions, complete, deadline, options.device))
+        return finish(_complete(graph, prop, open_regions, complete, deadline, options.device, options.workers))
     status = "timeout" if time.monotonic() >= deadline else "unknown"
     return finish(Verdict(status, detail=f"{sum(len(o.clauses) for o in open_regions)} clause(s) not refuted"))
 
 
 def _complete(graph: Graph, prop: Property, open_regions: list[_Open], name: str, deadline: float,
-              device: str = "cpu") -> Verdict:
-    """The complete method on the clauses still open; its `sat` stands only once confirmed."""
+              device: str = "cpu", workers: int = 1) -> Verdict:
+    """The complete method on the clauses still open; its `sat` stands only once confirmed. (The
+    first slice of input splitting runs with one process: starting workers costs seconds.)"""
     method = get_method(name)
-    options = _options_with(method, device=device)
+    options = _options_with(method, device=device, workers=workers)
     verdict = method.decide(graph, _restrict(prop, open_regions), options, deadline)
     if verdict.status == "sat":
         verdict = confirm(graph, prop, verdict.counterexample, name) or Verdict("unknown", method=name)

@@ -24,6 +24,7 @@ import torch
 
 from verikit.graph import Graph
 from verikit.hookspecs import hookimpl
+from verikit.methods.bab_pool import PIECES_PER_WORKER, decide_in_pool, input_pieces
 from verikit.methods.base import Method, Verdict
 from verikit.methods.relu_split import split_relus
 from verikit.plugins import get_method
@@ -39,7 +40,9 @@ class BaBOptions:
     max_domains: a memory cap on the queue. relu_*: ReLU splitting's parents split at once,
     alpha-CROWN steps per bounding (1: plain CROWN), beta-CROWN split multipliers on or off, queue cap,
     PGD starts per batch, and rows per backward pass of the intermediate bounds. device: where the
-    domains are bounded ("cuda" for a GPU; attacks and LP leaves run on the CPU)."""
+    domains are bounded ("cuda" for a GPU; attacks and LP leaves run on the CPU). workers: processes
+    that decide pieces of the property at once (verikit.methods.bab_pool: pieces of each input box
+    under input splitting, the regions under ReLU splitting)."""
 
     bound_method: str = "crown"
     batch: int | None = None  # None: 1024 on the CPU, 16384 on a GPU
@@ -52,6 +55,7 @@ class BaBOptions:
     relu_attack_points: int = 16
     relu_batch_rows: int = 65_536
     device: str = "cpu"
+    workers: int = 1
 
 
 class BranchAndBound(Method):
@@ -66,6 +70,12 @@ class BranchAndBound(Method):
         options = options or BaBOptions()
         deadline = deadline if deadline is not None else time.monotonic() + 60
         split = _split_inputs if prop.n_inputs <= options.max_inputs else split_relus
+        pieces = list(prop.regions)
+        if options.workers > 1 and split is _split_inputs and all(_boxed(spec) for spec in prop.regions):
+            count = PIECES_PER_WORKER * options.workers
+            pieces = [piece for spec in prop.regions for piece in input_pieces(spec, count // len(prop.regions))]
+        if options.workers > 1 and len(pieces) > 1:
+            return decide_in_pool(graph, prop, pieces, split, options, deadline)
         statuses = []
         for spec in prop.regions:
             verdict = split(graph, prop, spec, options, deadline)
@@ -101,11 +111,16 @@ class _Domains:
         self.open = torch.cat([self.open, other.open])
 
 
-def _root_box(spec: RegionSpec) -> Box:
+def _boxed(spec: RegionSpec) -> bool:
+    """Whether the region is a box (or an L-inf ball, one): input splitting's domains are sub-boxes."""
     region = spec.region
-    if isinstance(region, LpBall) and region.norm != float("inf"):
+    return isinstance(region, Box) or (isinstance(region, LpBall) and region.norm == float("inf"))
+
+
+def _root_box(spec: RegionSpec) -> Box:
+    if not _boxed(spec):
         raise ValueError("input splitting needs a box or an L-inf ball")
-    box = region.bounding_box()
+    box = spec.region.bounding_box()
     return Box(box.lower.double(), box.upper.double())
 
 

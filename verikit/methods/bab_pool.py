@@ -1,0 +1,67 @@
+"""Branch and bound over a pool of worker processes (`bab` with `workers` > 1).
+
+The property is cut into pieces that cover it: each region on its own, and under input splitting each
+region's box bisected (widest input first) into a few pieces per worker. Every piece is decided by the
+sequential branch and bound in a worker process, all against the same deadline. The answer is `sat`
+as soon as one piece finds a confirmed counterexample (the pool is then stopped), `unsat` when every
+piece is `unsat`, and otherwise the first piece's `timeout` / `unknown`: the pieces cover the
+property, so nothing else is sound.
+"""
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+from typing import Callable
+
+import torch
+
+from verikit.graph import Graph
+from verikit.methods.base import Verdict
+from verikit.region import Box
+from verikit.spec.property import Property, RegionSpec
+
+PIECES_PER_WORKER = 4  # more pieces than workers: some finish early, the others keep every worker busy
+
+Split = Callable[[Graph, Property, RegionSpec, object, float], Verdict]
+
+
+def decide_in_pool(graph: Graph, prop: Property, pieces: list[RegionSpec], split: Split, options,
+                   deadline: float) -> Verdict:
+    """Decide every piece with `split` in `options.workers` processes (see the module doc)."""
+    single = dataclasses.replace(options, workers=1)
+    jobs = [(split, graph, prop, piece, single, deadline) for piece in pieces]
+    verdicts = []
+    context = multiprocessing.get_context("spawn")  # no fork of a process that holds torch's threads
+    with context.Pool(min(options.workers, len(jobs)), initializer=_one_thread) as pool:
+        for verdict in pool.imap_unordered(_decide_piece, jobs):
+            if verdict.status == "sat":
+                pool.terminate()
+                return verdict
+            verdicts.append(verdict)
+    if all(v.status == "unsat" for v in verdicts):
+        return Verdict("unsat", method="bab", detail=f"{len(pieces)} pieces in {options.workers} workers: "
+                                                     + "; ".join(v.detail for v in verdicts[:3]))
+    return next(v for v in verdicts if v.status != "unsat")
+
+
+def input_pieces(spec: RegionSpec, count: int) -> list[RegionSpec]:
+    """The region's box bisected along its widest input until there are at least `count` pieces."""
+    box = spec.region.bounding_box()
+    lower, upper = box.lower.double(), box.upper.double()
+    while lower.shape[0] < count:
+        widest = (upper - lower).argmax(1)
+        rows = torch.arange(lower.shape[0])
+        middle = (lower[rows, widest] + upper[rows, widest]) / 2
+        left_upper, right_lower = upper.clone(), lower.clone()
+        left_upper[rows, widest], right_lower[rows, widest] = middle, middle
+        lower, upper = torch.cat([lower, right_lower]), torch.cat([left_upper, upper])
+    return [dataclasses.replace(spec, region=Box(lower[i:i + 1], upper[i:i + 1])) for i in range(lower.shape[0])]
+
+
+def _decide_piece(job) -> Verdict:
+    split, graph, prop, piece, options, deadline = job
+    return split(graph, prop, piece, options, deadline)
+
+
+def _one_thread() -> None:
+    torch.set_num_threads(1)
