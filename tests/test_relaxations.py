@@ -140,14 +140,14 @@ def test_s_shaped_lines_touch_the_function(name):
     families = interval_families()
     f = rule.forward
     crossing = families["wide"]
-    relaxation = rule.relax(crossing)
+    relaxation = rule.relax(crossing, "same-slope")  # CNN-Cert's lines alone
     # crossing case: the upper line passes through (l, f(l)), the lower line through (u, f(u))
     l, u = crossing.lower, crossing.upper
     assert torch.allclose(relaxation.upper_slope * l + relaxation.upper_intercept, f(l), atol=1e-7)
     assert torch.allclose(relaxation.lower_slope * u + relaxation.lower_intercept, f(u), atol=1e-7)
     # one-sided cases: the chord passes through both ends
     positive = families["positive"]
-    relaxation = rule.relax(positive)
+    relaxation = rule.relax(positive, "same-slope")
     for end in (positive.lower, positive.upper):
         assert torch.allclose(relaxation.lower_slope * end + relaxation.lower_intercept, f(end), atol=1e-12)
     # a point: both lines are the tangent
@@ -155,6 +155,18 @@ def test_s_shaped_lines_touch_the_function(name):
     relaxation = rule.relax(point)
     assert torch.allclose(relaxation.upper_slope, rule.derivative(point.lower))
     assert torch.allclose(relaxation.upper_intercept, relaxation.lower_intercept, atol=1e-15)
+
+
+@pytest.mark.parametrize("name", ["sigmoid", "tanh", "atan", "softsign"])
+def test_s_shaped_adaptive_lines_are_never_looser_than_cnn_cert_and_tighter_on_wide_intervals(name):
+    rule = elementwise(RULES[name][0])
+    for family, bound in interval_families().items():
+        middle = (bound.lower + bound.upper) / 2
+        adaptive, cnn_cert = rule.relax(bound, "adaptive"), rule.relax(bound, "same-slope")
+        gap = lambda r: (r.upper_slope - r.lower_slope) * middle + r.upper_intercept - r.lower_intercept  # noqa: E731
+        assert bool((gap(adaptive) <= gap(cnn_cert) + 1e-12).all()), family
+        if family == "wide":  # the tangents overshoot f's range there: DeepPoly's lines win somewhere
+            assert bool((gap(adaptive) < gap(cnn_cert) - 1e-3).any()), family
 
 
 def test_s_shaped_relaxation_returns_the_bounds_dtype():

@@ -7,6 +7,11 @@ An S-shaped function f is increasing, convex for z <= 0 and concave for z >= 0. 
                      bisection (the chord l -> u when the tangency point would lie beyond u);
                      lower = the mirror image (through (u, f(u)), tangent at some d in [l, 0]);
   u - l tiny:        both lines have the midpoint's tangent slope, shifted to touch f's extremes.
+Modes "adaptive" and "optimizable" (CROWN, alpha-CROWN) then take, per neuron and side, the tighter
+at the midpoint of that line and DeepPoly's (Singh et al. 2019): slope min(f'(l), f'(u)) through
+(u, f(u)) above and (l, f(l)) below. On wide intervals the tangents overshoot f's range far from their
+point of contact, and a deep sigmoid net's CROWN bound came out looser than interval propagation's;
+"same-slope" and "zero" keep CNN-Cert's lines alone.
 Subclass `SShapedRule` with `function` and `derivative` to get all of this for another S-shaped op (the
 example plugin's Softsign does). Lines are computed in float64 and returned in the bound's dtype.
 """
@@ -27,6 +32,7 @@ from verikit.lp.encode import LPModel, encode_lines, sample
 
 Function = Callable[[torch.Tensor], torch.Tensor]
 
+ADAPTIVE_MODES = ("adaptive", "optimizable")
 BISECTION_STEPS = 30
 TINY_WIDTH = 1e-8  # relative width below which the two-tangent rule replaces chords
 
@@ -91,6 +97,21 @@ def lower_line(f: Function, df: Function, lower: torch.Tensor, upper: torch.Tens
     return Line(mirrored.slope, -mirrored.intercept)
 
 
+def endpoint_slope_lines(f: Function, df: Function, lower: torch.Tensor, upper: torch.Tensor,
+                         ) -> tuple[Line, Line]:
+    """DeepPoly's lines: slope min(f'(l), f'(u)) through (l, f(l)) below and (u, f(u)) above. Sound on
+    any interval: f' rises up to 0 and falls after it, so its minimum over [l, u] is at an end, and
+    every chord of f inside [l, u] is at least that steep."""
+    slope = torch.minimum(df(lower), df(upper))
+    return Line(slope, f(lower) - slope * lower), Line(slope, f(upper) - slope * upper)
+
+
+def tighter(first: Line, second: Line, at: torch.Tensor, above: bool) -> Line:
+    """Per neuron, of two upper (`above`) or lower lines, the one closer to f at `at`."""
+    first_value, second_value = first.slope * at + first.intercept, second.slope * at + second.intercept
+    return select(second_value < first_value if above else second_value > first_value, second, first)
+
+
 def tiny_interval_lines(f: Function, df: Function, lower: torch.Tensor, upper: torch.Tensor,
                         ) -> tuple[Line, Line]:
     """Lower and upper lines with the midpoint's tangent slope k, through the extremes of f(z) - k z.
@@ -104,12 +125,17 @@ def tiny_interval_lines(f: Function, df: Function, lower: torch.Tensor, upper: t
     return Line(slope, gaps.amin(dim=0)), Line(slope, gaps.amax(dim=0))
 
 
-def s_shaped_relaxation(f: Function, df: Function, bound: Interval) -> Relaxation:
-    """CNN-Cert's tangent/chord lines for an S-shaped f on `bound` (module doc), in bound's dtype."""
+def s_shaped_relaxation(f: Function, df: Function, bound: Interval, adaptive: bool = False) -> Relaxation:
+    """CNN-Cert's tangent/chord lines for an S-shaped f on `bound` (module doc), with `adaptive` the
+    tighter of those and DeepPoly's per neuron and side; in bound's dtype."""
     lower, upper = bound.lower.double(), bound.upper.double()
     tiny = upper - lower <= TINY_WIDTH * (1 + lower.abs() + upper.abs())
     safe_upper = torch.where(tiny, lower + 1, upper)  # keeps chord divisions finite; tiny rule used there
     below, above = lower_line(f, df, lower, safe_upper), upper_line(f, df, lower, safe_upper)
+    if adaptive:
+        flat_below, flat_above = endpoint_slope_lines(f, df, lower, safe_upper)
+        middle = (lower + safe_upper) / 2
+        below, above = tighter(below, flat_below, middle, False), tighter(above, flat_above, middle, True)
     tiny_below, tiny_above = tiny_interval_lines(f, df, lower, upper)
     below, above = select(tiny, tiny_below, below), select(tiny, tiny_above, above)
     dtype = bound.lower.dtype
@@ -120,7 +146,8 @@ def s_shaped_relaxation(f: Function, df: Function, bound: Interval) -> Relaxatio
 class SShapedRule(ElementwiseRule):
     """An attribute-free, increasing, S-shaped activation; subclasses give `function` and `derivative`.
 
-    Every relaxation mode gets the same tangent/chord lines ("optimizable" falls back to them too)."""
+    "same-slope" and "zero" get the tangent/chord lines, "adaptive" and "optimizable" the tighter of
+    those and DeepPoly's per neuron (module doc)."""
 
     @staticmethod
     def function(z: torch.Tensor) -> torch.Tensor:
@@ -141,7 +168,7 @@ class SShapedRule(ElementwiseRule):
               lower_slope: torch.Tensor | None = None) -> Relaxation:
         if mode not in RELAXATION_MODES:
             raise ValueError(f"unknown relaxation mode '{mode}'; choose one of {', '.join(RELAXATION_MODES)}")
-        return s_shaped_relaxation(self.function, self.derivative, bound)
+        return s_shaped_relaxation(self.function, self.derivative, bound, adaptive=mode in ADAPTIVE_MODES)
 
     def encode_lp(self, model: LPModel, inputs: list[np.ndarray], bounds: list[Interval]) -> np.ndarray:
         """The tangent/chord lines as two rows per neuron; a MILP cannot encode f exactly and is refused."""
