@@ -1,4 +1,4 @@
-"""alpha-CROWN: sound on random ReLU / LeakyReLU MLPs and a CNN (sampled and gradient-attacked points,
+"""alpha-CROWN: sound on random ReLU / LeakyReLU / sigmoid / tanh MLPs and a CNN (sampled and gradient-attacked points,
 boxes and balls), never looser than CROWN with the same intermediate bounds and tighter on average,
 optimal on a hand-solved net, and sound with beta-CROWN split multipliers on a split domain; the
 neuron-by-neuron tightening of intermediate bounds is sound and never looser than CROWN's."""
@@ -26,7 +26,9 @@ def networks(tmp_path_factory):
     folder = tmp_path_factory.mktemp("alpha")
     paths = {"relu-mlp": mlp(folder / "relu.onnx", "Relu", (12, 12, 12), inputs=5, outputs=4, seed=21),
              "leaky-mlp": mlp(folder / "leaky.onnx", "LeakyRelu", (12, 12), inputs=5, outputs=4, seed=22),
-             "cnn": cnn(folder / "cnn.onnx", "AveragePool", True, seed=23)}
+             "cnn": cnn(folder / "cnn.onnx", "AveragePool", True, seed=23),
+             "sigmoid-mlp": mlp(folder / "sigmoid.onnx", "Sigmoid", (12, 12, 12), inputs=5, outputs=4, seed=24),
+             "tanh-mlp": mlp(folder / "tanh.onnx", "Tanh", (12, 12), inputs=5, outputs=4, seed=25)}
     return {name: load_model(path).to(F64) for name, path in paths.items()}
 
 
@@ -45,7 +47,7 @@ def rows_for(graph) -> torch.Tensor:
     return torch.cat([eye, torch.stack(margins)]).unsqueeze(0)
 
 
-@pytest.mark.parametrize("family", ["relu-mlp", "leaky-mlp", "cnn"])
+@pytest.mark.parametrize("family", ["relu-mlp", "leaky-mlp", "cnn", "sigmoid-mlp", "tanh-mlp"])
 @pytest.mark.parametrize("optimize_intermediate", [False, True])
 def test_sound_and_never_looser_than_crown(networks, family, optimize_intermediate):
     graph = networks[family]

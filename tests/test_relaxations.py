@@ -82,6 +82,8 @@ def test_lines_sandwich_the_function_on_every_kind_of_interval(name, mode):
     rule_class, attributes = RULES[name]
     rule = elementwise(rule_class, **attributes)
     slopes = torch.rand(1, N, generator=torch.Generator().manual_seed(9), dtype=torch.float64) * 3 - 1
+    if hasattr(rule, "adaptive_positions"):  # S-shaped: tangent positions (upper, lower) in [0, 1]
+        slopes = torch.rand(1, 2, N, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
     for kind, bound in interval_families().items():
         relaxation = rule.relax(bound, mode, lower_slope=slopes if mode == "optimizable" else None)
         assert relaxation.upper_slope.shape == bound.lower.shape, kind
@@ -167,6 +169,18 @@ def test_s_shaped_adaptive_lines_are_never_looser_than_cnn_cert_and_tighter_on_w
         assert bool((gap(adaptive) <= gap(cnn_cert) + 1e-12).all()), family
         if family == "wide":  # the tangents overshoot f's range there: DeepPoly's lines win somewhere
             assert bool((gap(adaptive) < gap(cnn_cert) - 1e-3).any()), family
+
+
+@pytest.mark.parametrize("name", ["sigmoid", "tanh", "atan", "softsign"])
+def test_s_shaped_optimizable_lines_start_at_the_adaptive_ones_and_carry_gradients(name):
+    rule = elementwise(RULES[name][0])
+    for family, bound in interval_families().items():
+        positions = rule.adaptive_positions(bound).requires_grad_(True)
+        optimized, adaptive = rule.relax(bound, "optimizable", lower_slope=positions), rule.relax(bound, "adaptive")
+        for field in ("lower_slope", "lower_intercept", "upper_slope", "upper_intercept"):
+            assert torch.allclose(getattr(optimized, field), getattr(adaptive, field), atol=1e-9), (family, field)
+    optimized.upper_intercept.sum().backward()
+    assert positions.grad is not None
 
 
 def test_s_shaped_relaxation_returns_the_bounds_dtype():

@@ -7,11 +7,12 @@ An S-shaped function f is increasing, convex for z <= 0 and concave for z >= 0. 
                      bisection (the chord l -> u when the tangency point would lie beyond u);
                      lower = the mirror image (through (u, f(u)), tangent at some d in [l, 0]);
   u - l tiny:        both lines have the midpoint's tangent slope, shifted to touch f's extremes.
-Modes "adaptive" and "optimizable" (CROWN, alpha-CROWN) then take, per neuron and side, the tighter
-at the midpoint of that line and DeepPoly's (Singh et al. 2019): slope min(f'(l), f'(u)) through
-(u, f(u)) above and (l, f(l)) below. On wide intervals the tangents overshoot f's range far from their
-point of contact, and a deep sigmoid net's CROWN bound came out looser than interval propagation's;
-"same-slope" and "zero" keep CNN-Cert's lines alone.
+Those are CNN-Cert's lines ("same-slope" and "zero" modes). Every tangent at a point of [d0, u] is an
+upper line too, d0 being the crossing case's tangency point above or l in the concave case, and they
+are the undominated ones; "adaptive" (CROWN) takes the tangent at the midpoint clamped into [d0, u],
+the upper line of least area, and "optimizable" (alpha-CROWN) the tangent at d0 + t (u - d0) for a
+given t in [0, 1]. Lower lines mirror all of this. On a wide interval CNN-Cert's tangent at d0 overshoots
+f's range far from it: a deep sigmoid net's CROWN bound came out looser than interval propagation's.
 Subclass `SShapedRule` with `function` and `derivative` to get all of this for another S-shaped op (the
 example plugin's Softsign does). Lines are computed in float64 and returned in the bound's dtype.
 """
@@ -32,7 +33,6 @@ from verikit.lp.encode import LPModel, encode_lines, sample
 
 Function = Callable[[torch.Tensor], torch.Tensor]
 
-ADAPTIVE_MODES = ("adaptive", "optimizable")
 BISECTION_STEPS = 30
 TINY_WIDTH = 1e-8  # relative width below which the two-tangent rule replaces chords
 
@@ -63,53 +63,56 @@ def select(condition: torch.Tensor, first: Line, second: Line) -> Line:
                 torch.where(condition, first.intercept, second.intercept))
 
 
-def crossing_upper_line(f: Function, df: Function, lower: torch.Tensor, upper: torch.Tensor) -> Line:
-    """For l < 0 < u: the tangent at d in [0, u] whose line passes (just) above (l, f(l)).
+def tangency_floor(f: Function, df: Function, lower: torch.Tensor, upper: torch.Tensor,
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """For l < 0 < u: the least d in [0, u] whose tangent passes (just) above (l, f(l)), and where no
+    such d exists (then the chord l -> u is the upper line).
 
-    Bisection keeps `high` where the tangent lies on or above f at l; any such tangent at d >= 0 bounds
-    f from above on [l, u] (concave part: tangent; convex part: checked at its two ends). When even the
-    tangent at u lies below f(l), the chord l -> u is an upper line instead."""
+    Bisection keeps `high` where the tangent lies on or above f at l; any tangent at a d >= 0 with that
+    property bounds f from above on [l, u] (concave part: tangent; convex part: checked at its two ends),
+    and so does every tangent at a point between that d and u."""
     f_lower = f(lower)
 
     def above_at_lower(d: torch.Tensor) -> torch.Tensor:
         return df(d) * (d - lower) <= f(d) - f_lower
 
     low, high = torch.zeros_like(upper), upper.clamp(min=0)
-    use_chord = ~above_at_lower(high)
+    no_tangent = ~above_at_lower(high)
     for _ in range(BISECTION_STEPS):
         middle = (low + high) / 2
         above = above_at_lower(middle)
         high = torch.where(above, middle, high)
         low = torch.where(above, low, middle)
-    return select(use_chord, chord(f, lower, upper), tangent(f, df, high))
+    return high, no_tangent
 
 
-def upper_line(f: Function, df: Function, lower: torch.Tensor, upper: torch.Tensor) -> Line:
-    """An upper line of f on [lower, upper], for lower < upper by a non-tiny margin."""
-    midpoint_tangent = tangent(f, df, (lower + upper) / 2)
-    line = select(upper <= 0, chord(f, lower, upper), crossing_upper_line(f, df, lower, upper))
-    return select(lower >= 0, midpoint_tangent, line)
+def upper_line(f: Function, df: Function, lower: torch.Tensor, upper: torch.Tensor,
+               position: torch.Tensor | None = None) -> Line:
+    """An upper line of f on [lower, upper] (lower < upper by a non-tiny margin): the chord where f is
+    convex or no tangent fits, else the tangent at d0 + position (u - d0) (module doc); position None
+    takes the midpoint clamped into [d0, u]."""
+    floor, no_tangent = tangency_floor(f, df, lower, upper)
+    start = torch.where(lower >= 0, lower, floor)
+    if position is None:
+        point = torch.minimum(torch.maximum((lower + upper) / 2, start), upper)
+    else:
+        point = start + position * (upper - start)
+    use_chord = (upper <= 0) | ((lower < 0) & no_tangent)
+    return select(use_chord, chord(f, lower, upper), tangent(f, df, point))
 
 
-def lower_line(f: Function, df: Function, lower: torch.Tensor, upper: torch.Tensor) -> Line:
+def lower_line(f: Function, df: Function, lower: torch.Tensor, upper: torch.Tensor,
+               position: torch.Tensor | None = None) -> Line:
     """A lower line of f on [lower, upper]: the upper line of g(y) = -f(-y) on [-upper, -lower], mirrored."""
-    mirrored = upper_line(lambda y: -f(-y), lambda y: df(-y), -upper, -lower)
+    mirrored = upper_line(lambda y: -f(-y), lambda y: df(-y), -upper, -lower, position)
     return Line(mirrored.slope, -mirrored.intercept)
 
 
-def endpoint_slope_lines(f: Function, df: Function, lower: torch.Tensor, upper: torch.Tensor,
-                         ) -> tuple[Line, Line]:
-    """DeepPoly's lines: slope min(f'(l), f'(u)) through (l, f(l)) below and (u, f(u)) above. Sound on
-    any interval: f' rises up to 0 and falls after it, so its minimum over [l, u] is at an end, and
-    every chord of f inside [l, u] is at least that steep."""
-    slope = torch.minimum(df(lower), df(upper))
-    return Line(slope, f(lower) - slope * lower), Line(slope, f(upper) - slope * upper)
-
-
-def tighter(first: Line, second: Line, at: torch.Tensor, above: bool) -> Line:
-    """Per neuron, of two upper (`above`) or lower lines, the one closer to f at `at`."""
-    first_value, second_value = first.slope * at + first.intercept, second.slope * at + second.intercept
-    return select(second_value < first_value if above else second_value > first_value, second, first)
+def cnn_cert_positions(lower: torch.Tensor, upper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The positions that give CNN-Cert's lines: the tangency floor where f crosses 0, the midpoint of a
+    one-sided interval (upper line where f is concave, lower line where it is convex)."""
+    zero, half = lower.new_tensor(0.0), lower.new_tensor(0.5)
+    return torch.where(lower >= 0, half, zero), torch.where(upper <= 0, half, zero)
 
 
 def tiny_interval_lines(f: Function, df: Function, lower: torch.Tensor, upper: torch.Tensor,
@@ -125,17 +128,23 @@ def tiny_interval_lines(f: Function, df: Function, lower: torch.Tensor, upper: t
     return Line(slope, gaps.amin(dim=0)), Line(slope, gaps.amax(dim=0))
 
 
-def s_shaped_relaxation(f: Function, df: Function, bound: Interval, adaptive: bool = False) -> Relaxation:
-    """CNN-Cert's tangent/chord lines for an S-shaped f on `bound` (module doc), with `adaptive` the
-    tighter of those and DeepPoly's per neuron and side; in bound's dtype."""
+def s_shaped_relaxation(f: Function, df: Function, bound: Interval, mode: str = "adaptive",
+                        positions: torch.Tensor | None = None) -> Relaxation:
+    """Lower and upper lines of an S-shaped f on `bound` by mode (module doc), in bound's dtype;
+    `positions` ([B, 2, *shape]: upper, lower, in [0, 1]) feeds mode "optimizable"."""
     lower, upper = bound.lower.double(), bound.upper.double()
     tiny = upper - lower <= TINY_WIDTH * (1 + lower.abs() + upper.abs())
     safe_upper = torch.where(tiny, lower + 1, upper)  # keeps chord divisions finite; tiny rule used there
-    below, above = lower_line(f, df, lower, safe_upper), upper_line(f, df, lower, safe_upper)
-    if adaptive:
-        flat_below, flat_above = endpoint_slope_lines(f, df, lower, safe_upper)
-        middle = (lower + safe_upper) / 2
-        below, above = tighter(below, flat_below, middle, False), tighter(above, flat_above, middle, True)
+    if mode == "optimizable" and positions is not None:
+        if positions.shape[1:] != (2, *lower.shape[1:]):
+            raise ValueError(f"S-shaped positions must be shaped [B, 2, *shape], got {tuple(positions.shape)}")
+        above_at, below_at = (positions[:, side].double().clamp(0, 1) for side in (0, 1))  # sound only there
+    elif mode in ("adaptive", "optimizable"):
+        above_at = below_at = None
+    else:
+        above_at, below_at = cnn_cert_positions(lower, safe_upper)
+    below = lower_line(f, df, lower, safe_upper, below_at)
+    above = upper_line(f, df, lower, safe_upper, above_at)
     tiny_below, tiny_above = tiny_interval_lines(f, df, lower, upper)
     below, above = select(tiny, tiny_below, below), select(tiny, tiny_above, above)
     dtype = bound.lower.dtype
@@ -143,11 +152,25 @@ def s_shaped_relaxation(f: Function, df: Function, bound: Interval, adaptive: bo
                       above.slope.to(dtype), above.intercept.to(dtype))
 
 
+def adaptive_positions(f: Function, df: Function, bound: Interval) -> torch.Tensor:
+    """[B, 2, *shape]: the positions (upper, lower) of the adaptive lines, where alpha-CROWN starts."""
+    lower, upper = bound.lower.double(), bound.upper.double()
+    upper = torch.where(upper - lower <= TINY_WIDTH * (1 + lower.abs() + upper.abs()), lower + 1, upper)
+    middle = (lower + upper) / 2
+    floor, _ = tangency_floor(f, df, lower, upper)
+    mirrored_floor, _ = tangency_floor(lambda y: -f(-y), lambda y: df(-y), -upper, -lower)
+    above_start = torch.where(lower >= 0, lower, floor)
+    below_start = torch.where(upper <= 0, -upper, mirrored_floor)  # in the mirrored coordinate -z
+    above = ((middle - above_start) / (upper - above_start).clamp_min(1e-12)).clamp(0, 1)
+    below = ((-middle - below_start) / (-lower - below_start).clamp_min(1e-12)).clamp(0, 1)
+    return torch.stack([above, below], dim=1).to(bound.lower.dtype)
+
+
 class SShapedRule(ElementwiseRule):
     """An attribute-free, increasing, S-shaped activation; subclasses give `function` and `derivative`.
 
-    "same-slope" and "zero" get the tangent/chord lines, "adaptive" and "optimizable" the tighter of
-    those and DeepPoly's per neuron (module doc)."""
+    "same-slope" and "zero" get CNN-Cert's lines, "adaptive" the least-area tangents, "optimizable" the
+    tangents at given positions (module doc)."""
 
     @staticmethod
     def function(z: torch.Tensor) -> torch.Tensor:
@@ -168,7 +191,12 @@ class SShapedRule(ElementwiseRule):
               lower_slope: torch.Tensor | None = None) -> Relaxation:
         if mode not in RELAXATION_MODES:
             raise ValueError(f"unknown relaxation mode '{mode}'; choose one of {', '.join(RELAXATION_MODES)}")
-        return s_shaped_relaxation(self.function, self.derivative, bound, adaptive=mode in ADAPTIVE_MODES)
+        return s_shaped_relaxation(self.function, self.derivative, bound, mode, lower_slope)
+
+    def adaptive_positions(self, bound: Interval) -> torch.Tensor:
+        """alpha-CROWN's parameters for this op ([B, 2, *shape] in [0, 1], passed to `relax` as
+        `lower_slope` in mode "optimizable"), at the adaptive lines."""
+        return adaptive_positions(self.function, self.derivative, bound)
 
     def encode_lp(self, model: LPModel, inputs: list[np.ndarray], bounds: list[Interval]) -> np.ndarray:
         """The tangent/chord lines as two rows per neuron; a MILP cannot encode f exactly and is refused."""

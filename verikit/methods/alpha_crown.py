@@ -1,5 +1,8 @@
 """`alpha-crown`: CROWN with the ReLU lower slopes optimised by projected gradient ascent (Xu et al. 2021).
 
+S-shaped activations (sigmoid, tanh, ...) are optimised the same way: their parameters are the points
+where the upper and lower tangents touch f (verikit.layers.s_shaped), each as a position in [0, 1].
+
 On an unstable ReLU (or LeakyReLU with leak a) every line through the origin with a slope in [a, 1] is a
 valid lower line, so every choice of slopes gives a sound bound; alpha-CROWN searches for the slopes
 that make the bound tightest. The slopes start at CROWN's adaptive choice, Adam raises the sum of the
@@ -210,12 +213,18 @@ def _tighten_neurons(graph: Graph, region: Region, bounds: dict[str, Interval], 
 
 
 def initial_slopes(graph: Graph, bounds: dict[str, Interval]) -> dict[str, torch.Tensor]:
-    """CROWN's adaptive lower slopes (1 where u >= -l, else 0) for every ReLU / LeakyReLU, as leaves."""
+    """The optimisable parameters, as leaves, at CROWN's adaptive choice: a ReLU / LeakyReLU's lower
+    slopes (1 where u >= -l, else 0), an S-shaped op's tangent positions (its `adaptive_positions`)."""
     slopes = {}
     for node in graph.nodes:
-        if node.op_type in SLOPED_OPS and node.inputs[0] in bounds:
-            bound = bounds[node.inputs[0]]
+        if not node.inputs or node.inputs[0] not in bounds:
+            continue
+        bound = bounds[node.inputs[0]]
+        if node.op_type in SLOPED_OPS:
             slopes[node.output] = (bound.upper >= -bound.lower).to(bound.lower.dtype).requires_grad_(True)
+        elif hasattr(node.rule, "adaptive_positions"):
+            with torch.no_grad():
+                slopes[node.output] = node.rule.adaptive_positions(bound).requires_grad_(True)
     return slopes
 
 
