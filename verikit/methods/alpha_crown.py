@@ -172,16 +172,19 @@ def tighten_intermediate(graph: Graph, region: Region, coefficients: torch.Tenso
 def tighten_each_neuron(graph: Graph, region: Region, bounds: dict[str, Interval],
                         options: AlphaCrownOptions) -> dict[str, Interval]:
     """Intermediate bounds of a one-problem region tightened neuron by neuron, layer by layer: each
-    unstable neuron's two sides get slopes of their own (as alpha-CROWN gives each output row), and
-    the later layers are re-bounded on the result, so the gain carries forward."""
+    loose neuron's two sides get slopes (tangent positions) of their own, as alpha-CROWN gives each
+    output row, and the later layers are re-bounded on the result, so the gain carries forward. Loose:
+    crossing 0 where only ReLUs consume the value (the others are exact), any width elsewhere."""
     bounds = dict(bounds)
     relaxed = [name for name in values_to_relax(graph) if name in bounds]
     for position, name in enumerate(relaxed):
         bound = bounds[name]
         lower, upper = bound.lower.flatten(1)[0].clone(), bound.upper.flatten(1)[0].clone()
-        unstable = ((lower < 0) & (upper > 0)).nonzero()[:, 0]
+        piecewise = all(node.op_type in SLOPED_OPS for node in graph.nodes if name in node.inputs)
+        loose = ((lower < 0) & (upper > 0)) if piecewise else (upper - lower > 1e-9)
+        unstable = loose.nonzero()[:, 0]
         upstream = sum(prod(graph.shapes[node.inputs[0]]) for node in upstream_in_reverse(graph, name)
-                       if node.op_type in SLOPED_OPS)
+                       if not node.linear and node.inputs[0] in graph.shapes)
         if not len(unstable) or not upstream:
             continue
         step = max(1, SLOPE_ENTRIES // (2 * upstream))  # neurons per pass: a memory cap

@@ -105,8 +105,8 @@ def split_relus(graph: Graph, prop: Property, spec: RegionSpec, options, deadlin
         found = confirm(graph, prop, point, "bab")
         return found or Verdict("unknown", method="bab", detail="a clause without rows")
     problem = _Problem(graph, spec, options, deadline, getattr(options, "device", "cpu"))
-    if not problem.layers:
-        return Verdict("unknown", method="bab", detail="no ReLU to split")
+    if not problem.layers:  # nothing to split: the root's bound (every neuron tightened) is all there is
+        return problem.root_without_splits()
     outcome = problem.root()
     queue, stuck, bounded, seconds_per_domain = outcome.domains, outcome.stuck, 1, 0.0
     while True:
@@ -159,16 +159,32 @@ class _Problem:
         self.positions = {node.output: i for i, node in enumerate(self.graph.nodes)}
 
     def root(self) -> _Outcome:
-        """Bound the whole region (intermediate bounds tightened with shared slopes, then neuron by neuron:
-        every domain inherits them) and choose its first split."""
+        """Bound the whole region and choose its first split."""
+        open_clauses = torch.ones(1, len(self.spec.clauses), dtype=torch.bool, device=self.device)
+        return self._finish(self._root_bounds(), open_clauses)
+
+    def root_without_splits(self) -> Verdict:
+        """A net with no ReLU to split (sigmoid, tanh): `unsat` when the root's bound refutes every
+        clause, else `unknown`; a counterexample is never claimed here (the attacks look for those)."""
+        bounds = self._root_bounds()
+        domain, row = torch.zeros(len(self.rows), dtype=torch.long, device=self.device), torch.arange(len(self.rows))
+        margin, _, _ = self._margins(bounds, self.region, domain, row.to(self.device))
+        refuted = torch.zeros(len(self.spec.clauses), dtype=torch.bool, device=self.device)
+        refuted[self.owner[margin > 0]] = True
+        if bool(refuted.all()):
+            return Verdict("unsat", method="bab", detail="no ReLU to split: the root bound, every neuron tightened")
+        return Verdict("unknown", method="bab",
+                       detail=f"no ReLU to split; {int((~refuted).sum())} clause(s) not refuted at the root")
+
+    def _root_bounds(self) -> dict[str, Interval]:
+        """The region's intermediate bounds, tightened with shared slopes, then neuron by neuron (every
+        domain inherits them)."""
         rows = self.rows.unsqueeze(0).reshape(1, len(self.rows), *self.graph.output_shape)
         with torch.no_grad():
             bounds = layer_bounds(self.graph, self.region, "adaptive", {}, batch_rows=self.batch_rows)
         bounds, _ = tighten_intermediate(self.graph, self.region, rows, bounds,
                                          dataclasses.replace(self.alpha, steps=20))
-        bounds = tighten_each_neuron(self.graph, self.region, bounds, dataclasses.replace(self.alpha, steps=20))
-        open_clauses = torch.ones(1, len(self.spec.clauses), dtype=torch.bool, device=self.device)
-        return self._finish(bounds, open_clauses)
+        return tighten_each_neuron(self.graph, self.region, bounds, dataclasses.replace(self.alpha, steps=20))
 
     def bound_children(self, parents: _Domains) -> _Outcome:
         """Split every parent on its chosen neuron and bound the children (the intermediate bounds
