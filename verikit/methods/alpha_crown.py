@@ -174,7 +174,8 @@ def tighten_each_neuron(graph: Graph, region: Region, bounds: dict[str, Interval
     """Intermediate bounds of a one-problem region tightened neuron by neuron, layer by layer: each
     loose neuron's two sides get slopes (tangent positions) of their own, as alpha-CROWN gives each
     output row, and the later layers are re-bounded on the result, so the gain carries forward. Loose:
-    crossing 0 where only ReLUs consume the value (the others are exact), any width elsewhere."""
+    crossing 0 where only ReLUs consume the value (the others are exact), any width elsewhere. Stops
+    at `options.deadline` with what it has."""
     bounds = dict(bounds)
     relaxed = [name for name in values_to_relax(graph) if name in bounds]
     for position, name in enumerate(relaxed):
@@ -189,6 +190,8 @@ def tighten_each_neuron(graph: Graph, region: Region, bounds: dict[str, Interval
             continue
         step = max(1, SLOPE_ENTRIES // (2 * upstream))  # neurons per pass: a memory cap
         for start in range(0, len(unstable), step):
+            if options.deadline is not None and time.monotonic() >= options.deadline:
+                return bounds  # what is tightened so far is sound; the rest keeps its bounds
             neurons = unstable[start:start + step]
             found_lower, found_upper = _tighten_neurons(graph, region, bounds, name, neurons, options)
             lower[neurons] = torch.maximum(lower[neurons], found_lower)

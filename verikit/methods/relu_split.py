@@ -44,6 +44,7 @@ from verikit.region import Box, Region
 from verikit.spec.property import Property, RegionSpec
 
 SPLIT_OPS = ("Relu", "LeakyRelu")
+ROOT_SHARE = 0.25  # of the time left, at most, for tightening the root's neurons one by one
 F32 = torch.float32
 
 
@@ -166,7 +167,7 @@ class _Problem:
     def root_without_splits(self) -> Verdict:
         """A net with no ReLU to split (sigmoid, tanh): `unsat` when the root's bound refutes every
         clause, else `unknown`; a counterexample is never claimed here (the attacks look for those)."""
-        bounds = self._root_bounds()
+        bounds = self._root_bounds(share=1.0)
         domain, row = torch.zeros(len(self.rows), dtype=torch.long, device=self.device), torch.arange(len(self.rows))
         margin, _, _ = self._margins(bounds, self.region, domain, row.to(self.device))
         refuted = torch.zeros(len(self.spec.clauses), dtype=torch.bool, device=self.device)
@@ -176,15 +177,19 @@ class _Problem:
         return Verdict("unknown", method="bab",
                        detail=f"no ReLU to split; {int((~refuted).sum())} clause(s) not refuted at the root")
 
-    def _root_bounds(self) -> dict[str, Interval]:
+    def _root_bounds(self, share: float = ROOT_SHARE) -> dict[str, Interval]:
         """The region's intermediate bounds, tightened with shared slopes, then neuron by neuron (every
-        domain inherits them)."""
+        domain inherits them) for at most `share` of the time left."""
         rows = self.rows.unsqueeze(0).reshape(1, len(self.rows), *self.graph.output_shape)
         with torch.no_grad():
             bounds = layer_bounds(self.graph, self.region, "adaptive", {}, batch_rows=self.batch_rows)
         bounds, _ = tighten_intermediate(self.graph, self.region, rows, bounds,
                                          dataclasses.replace(self.alpha, steps=20))
-        return tighten_each_neuron(self.graph, self.region, bounds, dataclasses.replace(self.alpha, steps=20))
+        deadline = self.alpha.deadline
+        if deadline is not None:
+            deadline = time.monotonic() + share * (deadline - time.monotonic())
+        return tighten_each_neuron(self.graph, self.region, bounds,
+                                   dataclasses.replace(self.alpha, steps=20, deadline=deadline))
 
     def bound_children(self, parents: _Domains) -> _Outcome:
         """Split every parent on its chosen neuron and bound the children (the intermediate bounds
