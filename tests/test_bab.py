@@ -37,14 +37,19 @@ def _grid_max(graph) -> float:
                                              (4, "Sigmoid"), (5, "Tanh")])
 def test_agrees_with_brute_force_on_small_nets(tmp_path, seed, activation):
     graph = load_model(mlp(tmp_path / f"net{seed}.onnx", activation, widths=(12, 12), inputs=2, outputs=2, seed=seed))
+    _assert_agrees_with_brute_force(graph, BaBOptions(batch=64))
+
+
+def _assert_agrees_with_brute_force(graph, options: BaBOptions):
+    """`unsat` just above the grid maximum of Y_0, `sat` with a real point just below; returns the unsat."""
     top = _grid_max(graph)
-    method = BranchAndBound()
-    above = method.decide(graph, _threshold_property(graph, top + 0.05), BaBOptions(batch=64), time.monotonic() + 30)
+    above = BranchAndBound().decide(graph, _threshold_property(graph, top + 0.05), options, time.monotonic() + 60)
     assert above.status == "unsat"
-    below = method.decide(graph, _threshold_property(graph, top - 0.05), BaBOptions(batch=64), time.monotonic() + 30)
+    below = BranchAndBound().decide(graph, _threshold_property(graph, top - 0.05), options, time.monotonic() + 60)
     assert below.status == "sat"
     x, y = below.counterexample
     assert float(y[0]) >= top - 0.05 and bool((x.abs() <= 1).all())
+    return above
 
 
 def test_proves_a_real_acasxu_property(benchmarks):
@@ -95,14 +100,8 @@ def test_input_pieces_cover_the_box_exactly():
 
 def test_a_pool_of_workers_agrees_with_one_process(tmp_path):
     graph = load_model(mlp(tmp_path / "net.onnx", "Relu", widths=(12, 12), inputs=2, outputs=2, seed=1))
-    top = _grid_max(graph)
-    pooled = BaBOptions(batch=64, workers=2)
-    above = BranchAndBound().decide(graph, _threshold_property(graph, top + 0.05), pooled, time.monotonic() + 60)
-    assert above.status == "unsat" and "pieces in 2 workers" in above.detail
-    below = BranchAndBound().decide(graph, _threshold_property(graph, top - 0.05), pooled, time.monotonic() + 60)
-    assert below.status == "sat"
-    x, y = below.counterexample
-    assert float(y[0]) >= top - 0.05 and bool((x.abs() <= 1).all())
+    above = _assert_agrees_with_brute_force(graph, BaBOptions(batch=64, workers=2))
+    assert "pieces in 2 workers" in above.detail
 
 
 def test_a_pool_of_workers_times_out_at_the_deadline(benchmarks):
