@@ -82,7 +82,7 @@ def test_lines_sandwich_the_function_on_every_kind_of_interval(name, mode):
     rule_class, attributes = RULES[name]
     rule = elementwise(rule_class, **attributes)
     slopes = torch.rand(1, N, generator=torch.Generator().manual_seed(9), dtype=torch.float64) * 3 - 1
-    if hasattr(rule, "adaptive_positions"):  # S-shaped: tangent positions (upper, lower) in [0, 1]
+    if hasattr(rule, "least_area_positions"):  # S-shaped: tangent positions (upper, lower) in [0, 1]
         slopes = torch.rand(1, 2, N, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
     for kind, bound in interval_families().items():
         relaxation = rule.relax(bound, mode, lower_slope=slopes if mode == "optimizable" else None)
@@ -142,14 +142,14 @@ def test_s_shaped_lines_touch_the_function(name):
     families = interval_families()
     f = rule.forward
     crossing = families["wide"]
-    relaxation = rule.relax(crossing, "same-slope")  # CNN-Cert's lines alone
+    relaxation = rule.relax(crossing)  # the papers' lines (CROWN, CNN-Cert)
     # crossing case: the upper line passes through (l, f(l)), the lower line through (u, f(u))
     l, u = crossing.lower, crossing.upper
     assert torch.allclose(relaxation.upper_slope * l + relaxation.upper_intercept, f(l), atol=1e-7)
     assert torch.allclose(relaxation.lower_slope * u + relaxation.lower_intercept, f(u), atol=1e-7)
     # one-sided cases: the chord passes through both ends
     positive = families["positive"]
-    relaxation = rule.relax(positive, "same-slope")
+    relaxation = rule.relax(positive)
     for end in (positive.lower, positive.upper):
         assert torch.allclose(relaxation.lower_slope * end + relaxation.lower_intercept, f(end), atol=1e-12)
     # a point: both lines are the tangent
@@ -160,23 +160,23 @@ def test_s_shaped_lines_touch_the_function(name):
 
 
 @pytest.mark.parametrize("name", ["sigmoid", "tanh", "atan", "softsign"])
-def test_s_shaped_adaptive_lines_are_never_looser_than_cnn_cert_and_tighter_on_wide_intervals(name):
+def test_s_shaped_least_area_lines_are_never_looser_than_the_papers_and_tighter_on_wide_intervals(name):
     rule = elementwise(RULES[name][0])
     for family, bound in interval_families().items():
         middle = (bound.lower + bound.upper) / 2
-        adaptive, cnn_cert = rule.relax(bound, "adaptive"), rule.relax(bound, "same-slope")
+        least_area, paper = rule.relax(bound, "optimizable"), rule.relax(bound, "adaptive")
         gap = lambda r: (r.upper_slope - r.lower_slope) * middle + r.upper_intercept - r.lower_intercept  # noqa: E731
-        assert bool((gap(adaptive) <= gap(cnn_cert) + 1e-12).all()), family
-        if family == "wide":  # the tangents overshoot f's range there: DeepPoly's lines win somewhere
-            assert bool((gap(adaptive) < gap(cnn_cert) - 1e-3).any()), family
+        assert bool((gap(least_area) <= gap(paper) + 1e-12).all()), family
+        if family == "wide":  # the papers' tangents overshoot f's range there
+            assert bool((gap(least_area) < gap(paper) - 1e-3).any()), family
 
 
 @pytest.mark.parametrize("name", ["sigmoid", "tanh", "atan", "softsign"])
-def test_s_shaped_optimizable_lines_start_at_the_adaptive_ones_and_carry_gradients(name):
+def test_s_shaped_optimizable_lines_start_at_the_least_area_ones_and_carry_gradients(name):
     rule = elementwise(RULES[name][0])
     for family, bound in interval_families().items():
-        positions = rule.adaptive_positions(bound).requires_grad_(True)
-        optimized, adaptive = rule.relax(bound, "optimizable", lower_slope=positions), rule.relax(bound, "adaptive")
+        positions = rule.least_area_positions(bound).requires_grad_(True)
+        optimized, adaptive = rule.relax(bound, "optimizable", lower_slope=positions), rule.relax(bound, "optimizable")
         for field in ("lower_slope", "lower_intercept", "upper_slope", "upper_intercept"):
             assert torch.allclose(getattr(optimized, field), getattr(adaptive, field), atol=1e-9), (family, field)
     optimized.upper_intercept.sum().backward()

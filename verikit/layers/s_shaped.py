@@ -7,12 +7,13 @@ An S-shaped function f is increasing, convex for z <= 0 and concave for z >= 0. 
                      bisection (the chord l -> u when the tangency point would lie beyond u);
                      lower = the mirror image (through (u, f(u)), tangent at some d in [l, 0]);
   u - l tiny:        both lines have the midpoint's tangent slope, shifted to touch f's extremes.
-Those are CNN-Cert's lines ("same-slope" and "zero" modes). Every tangent at a point of [d0, u] is an
-upper line too, d0 being the crossing case's tangency point above or l in the concave case, and they
-are the undominated ones; "adaptive" (CROWN) takes the tangent at the midpoint clamped into [d0, u],
-the upper line of least area, and "optimizable" (alpha-CROWN) the tangent at d0 + t (u - d0) for a
-given t in [0, 1]. Lower lines mirror all of this. On a wide interval CNN-Cert's tangent at d0 overshoots
-f's range far from it: a deep sigmoid net's CROWN bound came out looser than interval propagation's.
+Those are the lines of CROWN's and CNN-Cert's papers, given in modes "same-slope", "adaptive" and
+"zero". Every tangent at a point of [d0, u] is an upper line too, d0 being the crossing case's tangency
+point above or l in the concave case, and they are the undominated ones; "optimizable" (alpha-CROWN)
+takes the tangent at d0 + t (u - d0) for a given t in [0, 1], and without t the one at the midpoint
+clamped into [d0, u], the upper line of least area, where alpha-CROWN starts. Lower lines mirror all of
+this. On a wide interval the papers' tangent at d0 overshoots f's range far from it: on a deep sigmoid
+net CROWN's bound came out looser than interval propagation's, and alpha-crown's far tighter.
 Subclass `SShapedRule` with `function` and `derivative` to get all of this for another S-shaped op (the
 example plugin's Softsign does). Lines are computed in float64 and returned in the bound's dtype.
 """
@@ -108,9 +109,9 @@ def lower_line(f: Function, df: Function, lower: torch.Tensor, upper: torch.Tens
     return Line(mirrored.slope, -mirrored.intercept)
 
 
-def cnn_cert_positions(lower: torch.Tensor, upper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The positions that give CNN-Cert's lines: the tangency floor where f crosses 0, the midpoint of a
-    one-sided interval (upper line where f is concave, lower line where it is convex)."""
+def paper_positions(lower: torch.Tensor, upper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The positions that give CROWN's and CNN-Cert's lines: the tangency floor where f crosses 0, the
+    midpoint of a one-sided interval (upper line where f is concave, lower line where it is convex)."""
     zero, half = lower.new_tensor(0.0), lower.new_tensor(0.5)
     return torch.where(lower >= 0, half, zero), torch.where(upper <= 0, half, zero)
 
@@ -139,10 +140,10 @@ def s_shaped_relaxation(f: Function, df: Function, bound: Interval, mode: str = 
         if positions.shape[1:] != (2, *lower.shape[1:]):
             raise ValueError(f"S-shaped positions must be shaped [B, 2, *shape], got {tuple(positions.shape)}")
         above_at, below_at = (positions[:, side].double().clamp(0, 1) for side in (0, 1))  # sound only there
-    elif mode in ("adaptive", "optimizable"):
-        above_at = below_at = None
+    elif mode == "optimizable":
+        above_at = below_at = None  # least area
     else:
-        above_at, below_at = cnn_cert_positions(lower, safe_upper)
+        above_at, below_at = paper_positions(lower, safe_upper)
     below = lower_line(f, df, lower, safe_upper, below_at)
     above = upper_line(f, df, lower, safe_upper, above_at)
     tiny_below, tiny_above = tiny_interval_lines(f, df, lower, upper)
@@ -152,8 +153,8 @@ def s_shaped_relaxation(f: Function, df: Function, bound: Interval, mode: str = 
                       above.slope.to(dtype), above.intercept.to(dtype))
 
 
-def adaptive_positions(f: Function, df: Function, bound: Interval) -> torch.Tensor:
-    """[B, 2, *shape]: the positions (upper, lower) of the adaptive lines, where alpha-CROWN starts."""
+def least_area_positions(f: Function, df: Function, bound: Interval) -> torch.Tensor:
+    """[B, 2, *shape]: the positions (upper, lower) of the least-area lines, where alpha-CROWN starts."""
     lower, upper = bound.lower.double(), bound.upper.double()
     upper = torch.where(upper - lower <= TINY_WIDTH * (1 + lower.abs() + upper.abs()), lower + 1, upper)
     middle = (lower + upper) / 2
@@ -169,8 +170,8 @@ def adaptive_positions(f: Function, df: Function, bound: Interval) -> torch.Tens
 class SShapedRule(ElementwiseRule):
     """An attribute-free, increasing, S-shaped activation; subclasses give `function` and `derivative`.
 
-    "same-slope" and "zero" get CNN-Cert's lines, "adaptive" the least-area tangents, "optimizable" the
-    tangents at given positions (module doc)."""
+    "same-slope", "adaptive" and "zero" get the papers' lines, "optimizable" the tangents at given
+    positions or, without them, the least-area tangents (module doc)."""
 
     @staticmethod
     def function(z: torch.Tensor) -> torch.Tensor:
@@ -193,10 +194,10 @@ class SShapedRule(ElementwiseRule):
             raise ValueError(f"unknown relaxation mode '{mode}'; choose one of {', '.join(RELAXATION_MODES)}")
         return s_shaped_relaxation(self.function, self.derivative, bound, mode, lower_slope)
 
-    def adaptive_positions(self, bound: Interval) -> torch.Tensor:
+    def least_area_positions(self, bound: Interval) -> torch.Tensor:
         """alpha-CROWN's parameters for this op ([B, 2, *shape] in [0, 1], passed to `relax` as
-        `lower_slope` in mode "optimizable"), at the adaptive lines."""
-        return adaptive_positions(self.function, self.derivative, bound)
+        `lower_slope` in mode "optimizable"), at the least-area lines."""
+        return least_area_positions(self.function, self.derivative, bound)
 
     def encode_lp(self, model: LPModel, inputs: list[np.ndarray], bounds: list[Interval]) -> np.ndarray:
         """The tangent/chord lines as two rows per neuron; a MILP cannot encode f exactly and is refused."""

@@ -7,8 +7,9 @@ On an unstable ReLU (or LeakyReLU with leak a) every line through the origin wit
 valid lower line, so every choice of slopes gives a sound bound; alpha-CROWN searches for the slopes
 that make the bound tightest. The slopes start at CROWN's adaptive choice, Adam raises the sum of the
 lower bounds, each step projects them back into [0, 1] (the relaxation clamps them into [a, 1]), and
-the best bound seen for each row is kept: the result is never looser than CROWN's with the same
-intermediate bounds.
+the best bound seen for each row is kept, and CROWN's with the same intermediate bounds too: the
+result is never looser than that. (S-shaped ops start from their least-area lines, tighter than the
+papers' on wide intervals, but not for every row.)
 
 Each output row and side gets its own slopes (as auto_LiRPA keeps one alpha per spec row): the rows
 are folded into the problem batch, B problems x R rows -> B*R problems of one row each. Intermediate
@@ -81,8 +82,12 @@ class AlphaCrown(Method):
         if options.optimize_intermediate and _relaxed_neurons(graph) <= options.intermediate_limit:
             bounds, best = tighten_intermediate(graph, region, rows, bounds, options)
         result = optimize_rows(graph, region, rows, bounds, options)
-        if best is not None:
-            result = Interval(torch.maximum(result.lower, best.lower), torch.minimum(result.upper, best.upper))
+        with torch.no_grad():  # CROWN's rows on the same bounds: S-shaped ops start from other lines
+            shaped = rows.reshape(rows.shape[0], rows.shape[1], *graph.output_shape)
+            crown = backward_bound(graph, region, graph.output_name, shaped, bounds, "adaptive")
+        for other in (best, crown):
+            if other is not None:
+                result = Interval(torch.maximum(result.lower, other.lower), torch.minimum(result.upper, other.upper))
         if options.intersect_ibp and graph.output_name in bounds:
             result = result.intersect(interval_of_rows(rows, bounds[graph.output_name]))
         if intermediate is not None:
@@ -220,7 +225,7 @@ def _tighten_neurons(graph: Graph, region: Region, bounds: dict[str, Interval], 
 
 def initial_slopes(graph: Graph, bounds: dict[str, Interval]) -> dict[str, torch.Tensor]:
     """The optimisable parameters, as leaves, at CROWN's adaptive choice: a ReLU / LeakyReLU's lower
-    slopes (1 where u >= -l, else 0), an S-shaped op's tangent positions (its `adaptive_positions`)."""
+    slopes (1 where u >= -l, else 0), an S-shaped op's tangent positions (its `least_area_positions`)."""
     slopes = {}
     for node in graph.nodes:
         if not node.inputs or node.inputs[0] not in bounds:
@@ -228,9 +233,9 @@ def initial_slopes(graph: Graph, bounds: dict[str, Interval]) -> dict[str, torch
         bound = bounds[node.inputs[0]]
         if node.op_type in SLOPED_OPS:
             slopes[node.output] = (bound.upper >= -bound.lower).to(bound.lower.dtype).requires_grad_(True)
-        elif hasattr(node.rule, "adaptive_positions"):
+        elif hasattr(node.rule, "least_area_positions"):
             with torch.no_grad():
-                slopes[node.output] = node.rule.adaptive_positions(bound).requires_grad_(True)
+                slopes[node.output] = node.rule.least_area_positions(bound).requires_grad_(True)
     return slopes
 
 
