@@ -64,7 +64,8 @@ def verify(model: Graph, spec: Property, timeout: float = 60.0, methods: tuple[s
            workers: int = 1) -> Verdict:
     """Decide the spec: `sat` (with a counterexample confirmed by onnxruntime), `unsat`, or
     `unknown`/`timeout`; `device="cuda"` computes the bounds on a GPU; `workers` processes share the
-    complete method's work (bab: pieces of the property)."""
+    complete method's work (bab: pieces of the property). They are started with "spawn", which
+    re-imports a calling script: call from under `if __name__ == "__main__":`."""
     options = VerifyOptions(timeout=timeout, methods=methods, attack=attack, complete=complete, device=device,
                             workers=workers)
     return _verify(model, spec, options)

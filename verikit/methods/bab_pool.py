@@ -20,7 +20,7 @@ from verikit.methods.base import Verdict
 from verikit.region import Box
 from verikit.spec.property import Property, RegionSpec
 
-PIECES_PER_WORKER = 4  # more pieces than workers: some finish early, the others keep every worker busy
+PIECES_PER_WORKER = 16  # more pieces than workers: some finish early, the others keep every worker busy
 
 Split = Callable[[Graph, Property, RegionSpec, object, float], Verdict]
 
