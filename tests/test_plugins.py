@@ -1,5 +1,6 @@
-"""The plugin registry: built-ins arrive through entry points, conflicts name both distributions, and a
-separately installed package (plugins/verikit-example) adds an op that verify then handles."""
+"""The plugin registry: built-ins arrive through entry points, conflicts name both distributions, a
+broken third-party plugin is skipped with a warning (a broken built-in is an error), and a separately
+installed package (plugins/verikit-example) adds an op that verify then handles."""
 from __future__ import annotations
 
 import importlib.metadata
@@ -117,3 +118,27 @@ def test_example_plugin_adds_softsign(tmp_path):
     without = _cli("verify", model, _spec(tmp_path, model, 100.0), env_plugins="")
     assert without.returncode == 2 and "Traceback" not in without.stderr
     assert "Softsign" in without.stderr and "softsign_" in without.stderr and "plugin" in without.stderr
+
+
+def _broken_entry_point(name: str, distribution: str):
+    def load():
+        raise ImportError("No module named 'gone'")
+
+    return SimpleNamespace(name=name, dist=SimpleNamespace(name=distribution), load=load)
+
+
+def test_a_broken_third_party_plugin_is_skipped_with_a_warning(monkeypatch):
+    real = importlib.metadata.entry_points(group="verikit")
+    fake = lambda group: list(real) + [_broken_entry_point("broken", "broken-dist")]  # noqa: E731
+    monkeypatch.setattr(importlib.metadata, "entry_points", fake)
+    manager = PluginManager()
+    with pytest.warns(RuntimeWarning, match="broken-dist"):
+        manager.load_entry_points()
+    assert "broken" in manager.failures and "No module named 'gone'" in manager.failures["broken"]
+    assert BUILTIN_OPS <= {e.name for e in manager.registry.all() if e.kind == "layer"}
+
+
+def test_a_broken_builtin_is_an_error(monkeypatch):
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: [_broken_entry_point("relu", "verikit")])
+    with pytest.raises(PluginError, match="reinstall verikit"):
+        PluginManager().load_entry_points()

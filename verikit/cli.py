@@ -7,6 +7,7 @@ import functools
 import gc
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import click
@@ -95,6 +96,7 @@ def main(threads: int) -> None:
     import os
 
     os.environ["VERIKIT_THREADS"] = str(threads)
+    warnings.formatwarning = lambda message, *_: f"warning: {message}\n"  # one line, no source excerpt
     # Start-up: torch's import leaves a large heap, and each full garbage collection over it costs ~70 ms
     # here. Collections wait until a command's imports are done (`use_threads` freezes that heap).
     gc.disable()

@@ -11,7 +11,7 @@ from onnx import numpy_helper, shape_inference
 
 from verikit.errors import ModelError, VerikitError
 from verikit.graph import Graph, Node, NodeInfo
-from verikit.plugins import registry
+from verikit.plugins import manager, registry
 
 
 def read_onnx(path: str | Path) -> onnx.ModelProto:
@@ -164,7 +164,9 @@ def _build_graph(model: onnx.ModelProto, source: str) -> Graph:
         pending.append((name, proto))
     if missing:
         listing = "; ".join(f"{op} (node {', '.join(repr(n) for n in names)})" for op, names in missing.items())
-        raise ModelError(f"unsupported ONNX op{'s' if len(missing) > 1 else ''}: {listing}",
+        broken = "; ".join(manager().failures.values())
+        raise ModelError(f"unsupported ONNX op{'s' if len(missing) > 1 else ''}: {listing}"
+                         + (f" (skipped: {broken})" if broken else ""),
                          fix="install a verikit plugin that provides "
                              f"{'these ops' if len(missing) > 1 else 'this op'} (`verikit plugins` lists "
                              "what is available), or export the model without them")

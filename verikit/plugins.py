@@ -3,11 +3,14 @@ rules, methods, trainers and spec readers, and answers which plugin handles an o
 
 Set VERIKIT_PLUGINS to a comma-separated list of distribution names to restrict which third-party
 plugins load (verikit's own built-ins always load); set it to an empty string to load none.
+A third-party plugin that fails to import is skipped with a warning (`failures` keeps why), so one
+broken install does not stop every model; a model that needs one of its ops names it in its error.
 """
 from __future__ import annotations
 
 import importlib.metadata
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,6 +99,7 @@ class PluginManager:
         self.pm = pluggy.PluginManager(GROUP)
         self.pm.add_hookspecs(hookspecs)
         self.distributions: dict[str, str] = {}
+        self.failures: dict[str, str] = {}  # plugin name -> why it was skipped
         self._registry: Registry | None = None
 
     def load_entry_points(self) -> None:
@@ -109,9 +113,14 @@ class PluginManager:
                 continue
             try:
                 module = ep.load()
-            except Exception as error:  # a broken third-party plugin must not take verikit down
-                raise PluginError(f"plugin '{ep.name}' from {distribution} failed to import: {error}",
-                                  fix=f"reinstall or uninstall {distribution}") from error
+            except Exception as error:
+                why = f"plugin '{ep.name}' from {distribution} failed to import: {error}"
+                if distribution == OWN_DISTRIBUTION:  # verikit itself is broken: nothing can work
+                    raise PluginError(why, fix="reinstall verikit") from error
+                self.failures[ep.name] = why  # a broken third-party plugin must not take verikit down
+                warnings.warn(f"{why}; skipped (reinstall or uninstall {distribution})", RuntimeWarning,
+                              stacklevel=2)
+                continue
             self.register(module, ep.name, distribution)
 
     def register(self, plugin: Any, name: str, distribution: str = "local") -> None:
