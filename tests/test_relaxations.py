@@ -136,6 +136,20 @@ def test_optimizable_slopes_carry_gradients_for_alpha_crown():
     assert torch.equal(slopes.grad, torch.ones_like(slopes))
 
 
+@pytest.mark.parametrize("name", ["relu", "leaky-0.1", "leaky-1"])
+@pytest.mark.parametrize("family", ["crossing", "barely-crossing", "negative", "positive", "wide", "point"])
+def test_reslope_from_any_base_equals_the_optimizable_relaxation(name, family):
+    """alpha-crown builds each step's lines from a base relaxation computed once: the same lines."""
+    rule_class, attributes = RULES[name]
+    rule, bound = elementwise(rule_class, **attributes), interval_families()[family]
+    slopes = torch.rand(1, N, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 1.6 - 0.3
+    expected = rule.relax(bound, "optimizable", lower_slope=slopes)
+    for mode in RELAXATION_MODES:
+        found = rule.reslope(rule.relax(bound, mode), bound, slopes)
+        for field in ("lower_slope", "lower_intercept", "upper_slope", "upper_intercept"):
+            assert torch.equal(getattr(found, field), getattr(expected, field)), (mode, field)
+
+
 @pytest.mark.parametrize("name", ["sigmoid", "tanh", "atan", "softsign"])
 def test_s_shaped_lines_touch_the_function(name):
     rule = elementwise(RULES[name][0])

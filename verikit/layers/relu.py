@@ -52,6 +52,15 @@ def _unstable_lower_slope(lower: torch.Tensor, upper: torch.Tensor, alpha: float
     return torch.where(upper >= -lower, lower.new_tensor(1.0), lower.new_tensor(alpha))
 
 
+def leaky_relu_reslope(base: Relaxation, bound: Interval, alpha: float, lower_slope: torch.Tensor) -> Relaxation:
+    """`base` (any mode's relaxation on `bound`) with the unstable neurons' lower slopes set to `lower_slope`
+    clamped into [alpha, 1]: the "optimizable" relaxation, without recomputing the slope-free lines
+    at every step of an ascent on the slopes."""
+    unstable = (bound.lower < 0) & (bound.upper > 0)
+    slope = torch.where(unstable, lower_slope.clamp(min=alpha, max=1.0), base.lower_slope)
+    return Relaxation(slope, base.lower_intercept, base.upper_slope, base.upper_intercept)
+
+
 def encode_leaky_relu(model: LPModel, z: np.ndarray, bound: Interval, alpha: float) -> np.ndarray:
     """y = max(z, alpha z): stable neurons exactly; unstable ones by the triangle y >= z, y >= alpha z,
     y <= chord (LP), or exactly with a binary a (MILP): y <= z - (1-alpha) l (1-a), y <= alpha z + (1-alpha) u a."""
@@ -90,6 +99,10 @@ class Relu(ElementwiseRule):
               lower_slope: torch.Tensor | None = None) -> Relaxation:
         return leaky_relu_relaxation(bound, 0.0, mode, lower_slope)
 
+    def reslope(self, base: Relaxation, bound: Interval, lower_slope: torch.Tensor) -> Relaxation:
+        """relax(bound, "optimizable", lower_slope) from `base`, any relaxation on `bound`."""
+        return leaky_relu_reslope(base, bound, 0.0, lower_slope)
+
     def encode_lp(self, model: LPModel, inputs: list[np.ndarray], bounds: list[Interval]) -> np.ndarray:
         """Triangle relaxation (LP) or big-M with a binary (MILP) for unstable neurons; see encode_leaky_relu."""
         return encode_leaky_relu(model, inputs[0], bounds[0], 0.0)
@@ -118,6 +131,10 @@ class LeakyRelu(ElementwiseRule):
     def relax(self, bound: Interval, mode: str = "adaptive",
               lower_slope: torch.Tensor | None = None) -> Relaxation:
         return leaky_relu_relaxation(bound, self.alpha, mode, lower_slope)
+
+    def reslope(self, base: Relaxation, bound: Interval, lower_slope: torch.Tensor) -> Relaxation:
+        """relax(bound, "optimizable", lower_slope) from `base`, any relaxation on `bound`."""
+        return leaky_relu_reslope(base, bound, self.alpha, lower_slope)
 
     def encode_lp(self, model: LPModel, inputs: list[np.ndarray], bounds: list[Interval]) -> np.ndarray:
         """Like Relu's, with the lower lines y >= z and y >= alpha z; see encode_leaky_relu."""

@@ -141,10 +141,13 @@ def optimize_folded(graph: Graph, region: Region, rows: torch.Tensor, bounds: di
     betas = {name: torch.zeros_like(sign, requires_grad=True) for name, sign in (split_signs or {}).items()}
     step_record: dict[str, torch.Tensor] | None = {} if record is not None else None
 
+    reslope = _slope_free_relaxations(graph, bounds, slopes)
+
     def objective() -> torch.Tensor:
         extra = {name: (beta * split_signs[name]).unsqueeze(1) for name, beta in betas.items()}
         found = backward_bound(graph, region, target, rows, bounds, "optimizable", sides="lower",
-                               lower_slopes=slopes, record=step_record, extra=extra or None)
+                               lower_slopes=slopes, relaxations=reslope(), record=step_record,
+                               extra=extra or None)
         return found.lower[:, 0]
 
     groups = [(list(slopes.values()), options.lr, 1.0), (list(betas.values()), options.lr_beta, float("inf"))]
@@ -237,6 +240,18 @@ def initial_slopes(graph: Graph, bounds: dict[str, Interval]) -> dict[str, torch
             with torch.no_grad():
                 slopes[node.output] = node.rule.least_area_positions(bound).requires_grad_(True)
     return slopes
+
+
+def _slope_free_relaxations(graph: Graph, bounds: dict[str, Interval], slopes: dict[str, torch.Tensor]):
+    """A function giving, at each step, the relaxations of the nodes whose rules can `reslope`: their
+    slope-free lines are computed once (the bounds stay fixed during an ascent), the slopes each call."""
+    bases = {}
+    with torch.no_grad():
+        for node in graph.nodes:
+            if node.output in slopes and hasattr(node.rule, "reslope"):
+                bound = bounds[node.inputs[0]]
+                bases[node.output] = (node.rule, node.rule.relax(bound, mode="adaptive"), bound)
+    return lambda: {name: rule.reslope(base, bound, slopes[name]) for name, (rule, base, bound) in bases.items()}
 
 
 def _ascend(objective, groups: list[tuple[list[torch.Tensor], float, float]], options: AlphaCrownOptions,
