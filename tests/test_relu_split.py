@@ -203,3 +203,24 @@ def test_without_relus_the_tightened_root_decides_only_what_holds(tmp_path, acti
         proved_beyond_crown += beyond.status == "unsat"
     if activation == "Tanh":  # CROWN is within 0.4 % of the sampled optimum on the sigmoid nets: no room
         assert proved_beyond_crown >= 1
+
+
+def test_a_search_shared_out_to_workers_agrees_with_milp(tmp_path, monkeypatch):
+    """With workers, the open domains are dealt to processes once there are a few (here 2 a worker, so
+    that a small net shares too); the pieces cover the region, so the verdicts match the exact ones."""
+    import verikit.methods.relu_split as relu_split
+
+    monkeypatch.setattr(relu_split, "DOMAINS_PER_WORKER", 2)
+    exact = milp()
+    graph = load_model(mlp(tmp_path / "w.onnx", "Relu", (32, 32), inputs=6, outputs=3, seed=60))
+    region = box_around(3, 6, 0.3)
+    row = torch.tensor([1.0, -1.0, 0.0], dtype=F64)
+    optimum = exact.minimize(graph, region, row).value
+    options = BaBOptions(max_inputs=2, workers=2)
+    below = BranchAndBound().decide(graph, one_row(graph, region, row, optimum - 0.02), options,
+                                    time.monotonic() + 60)
+    assert below.status == "unsat" and "pieces in 2 workers" in below.detail, below
+    above = BranchAndBound().decide(graph, one_row(graph, region, row, optimum + 0.002), options,
+                                    time.monotonic() + 60)
+    assert above.status == "sat", above
+    assert_confirmed(one_row(graph, region, row, optimum + 0.002), above)

@@ -117,8 +117,8 @@ def main(threads: int) -> None:
 @click.option("--no-check", is_flag=True, help="Skip comparing the model with onnxruntime at load.")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the verdict.")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
-              help="Processes for branch and bound: pieces of each input box (input splitting) or the "
-                   "spec's regions (ReLU splitting) are decided at once.")
+              help="Processes for branch and bound: pieces of each input box (input splitting), the "
+                   "spec's regions, or the open domains of ReLU splitting are decided at once.")
 @device_option
 @handles_errors
 def verify(model, spec, methods, attack, complete, timeout, results, no_check, quiet, workers, device) -> None:

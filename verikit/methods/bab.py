@@ -42,7 +42,8 @@ class BaBOptions:
     PGD starts per batch, and rows per backward pass of the intermediate bounds. device: where the
     domains are bounded ("cuda" for a GPU; attacks and LP leaves run on the CPU). workers: processes
     that decide pieces of the property at once (verikit.methods.bab_pool: pieces of each input box
-    under input splitting, the regions under ReLU splitting)."""
+    under input splitting; under ReLU splitting the regions, or one region's open domains once the
+    search has a few per worker)."""
 
     bound_method: str = "crown"
     batch: int | None = None  # None: 1024 on the CPU, 16384 on a GPU

@@ -1,15 +1,17 @@
 """Branch and bound over a pool of worker processes (`bab` with `workers` > 1).
 
-The property is cut into pieces that cover it: each region on its own, and under input splitting each
-region's box bisected (widest input first) into a few pieces per worker. Every piece is decided by the
-sequential branch and bound in a worker process, all against the same deadline. The answer is `sat`
-as soon as one piece finds a confirmed counterexample (the pool is then stopped), `unsat` when every
-piece is `unsat`, and otherwise the first piece's `timeout` / `unknown`: the pieces cover the
-property, so nothing else is sound.
+The property is cut into pieces that cover it: each region on its own; under input splitting each
+region's box bisected (widest input first) into a few pieces per worker; under ReLU splitting of one
+region, the open domains of the search once it has a few per worker (relu_split.py). Every piece is
+decided by the sequential branch and bound in a worker process, all against the same deadline. The
+answer is `sat` as soon as one piece finds a confirmed counterexample (the pool is then stopped),
+`unsat` when every piece is `unsat`, and otherwise the first piece's `timeout` / `unknown`: the pieces
+cover the property, so nothing else is sound.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import multiprocessing
 from typing import Callable
 
@@ -27,19 +29,30 @@ Split = Callable[[Graph, Property, RegionSpec, object, float], Verdict]
 
 def decide_in_pool(graph: Graph, prop: Property, pieces: list[RegionSpec], split: Split, options,
                    deadline: float) -> Verdict:
-    """Decide every piece with `split` in `options.workers` processes (see the module doc)."""
+    """Decide every region piece with `split` in `options.workers` processes (see the module doc)."""
     single = dataclasses.replace(options, workers=1)
-    jobs = [(split, graph, prop, piece, single, deadline) for piece in pieces]
-    verdicts = []
+    jobs = [functools.partial(split, graph, prop, piece, single, deadline) for piece in pieces]
+    with start_pool(options.workers) as pool:
+        return decide_jobs(pool, jobs, options.workers)
+
+
+def start_pool(workers: int):
+    """A pool of `workers` spawned processes, one torch thread each (they start importing at once)."""
     context = multiprocessing.get_context("spawn")  # no fork of a process that holds torch's threads
-    with context.Pool(min(options.workers, len(jobs)), initializer=_one_thread) as pool:
-        for verdict in pool.imap_unordered(_decide_piece, jobs):
-            if verdict.status == "sat":
-                pool.terminate()
-                return verdict
-            verdicts.append(verdict)
+    return context.Pool(workers, initializer=_one_thread)
+
+
+def decide_jobs(pool, jobs: list[Callable[[], Verdict]], workers: int) -> Verdict:
+    """Run the jobs (picklable callables, each deciding one piece) in the pool; combine as the module
+    doc says."""
+    verdicts = []
+    for verdict in pool.imap_unordered(_run, jobs):
+        if verdict.status == "sat":
+            pool.terminate()
+            return verdict
+        verdicts.append(verdict)
     if all(v.status == "unsat" for v in verdicts):
-        return Verdict("unsat", method="bab", detail=f"{len(pieces)} pieces in {options.workers} workers: "
+        return Verdict("unsat", method="bab", detail=f"{len(jobs)} pieces in {workers} workers: "
                                                      + "; ".join(v.detail for v in verdicts[:3]))
     return next(v for v in verdicts if v.status != "unsat")
 
@@ -58,9 +71,8 @@ def input_pieces(spec: RegionSpec, count: int) -> list[RegionSpec]:
     return [dataclasses.replace(spec, region=Box(lower[i:i + 1], upper[i:i + 1])) for i in range(lower.shape[0])]
 
 
-def _decide_piece(job) -> Verdict:
-    split, graph, prop, piece, options, deadline = job
-    return split(graph, prop, piece, options, deadline)
+def _run(job: Callable[[], Verdict]) -> Verdict:
+    return job()
 
 
 def _one_thread() -> None:

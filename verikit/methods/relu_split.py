@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import time
 from dataclasses import dataclass
 from math import prod
@@ -38,12 +39,15 @@ from verikit.graph import Graph
 from verikit.methods.alpha_crown import (AlphaCrownOptions, fold, optimize_folded, tighten_each_neuron,
                                         tighten_intermediate)
 from verikit.lp.encode import encode_graph, select_problem
+from verikit.methods.bab_pool import decide_jobs, start_pool
 from verikit.methods.base import Verdict
 from verikit.propagate.backward import layer_bounds, values_to_relax
 from verikit.region import Box, Region
 from verikit.spec.property import Property, RegionSpec
 
 SPLIT_OPS = ("Relu", "LeakyRelu")
+DOMAINS_PER_WORKER = 16  # open domains a worker, at least, before the search is shared out ...
+SHARES_PER_WORKER = 4  # ... in this many parts a worker (some finish early: the rest keep workers busy)
 ROOT_SHARE = 0.25  # of the time left, at most, for tightening the root's neurons one by one
 F32 = torch.float32
 
@@ -76,6 +80,11 @@ class _Domains:
         return _Domains({k: Interval(v.lower[index], v.upper[index]) for k, v in self.bounds.items()},
                         self.open[index], self.priority[index], self.branch[index])
 
+    def deal(self, count: int) -> list["_Domains"]:
+        """At most `count` parts, dealt in priority order like cards, so each gets hard and easy ones."""
+        order = self.priority.argsort()
+        return [self.select(order[start::count]) for start in range(min(count, len(self)))]
+
     @staticmethod
     def concat(parts: list["_Domains"]) -> "_Domains":
         bounds = {k: Interval(torch.cat([p.bounds[k].lower for p in parts]),
@@ -96,7 +105,8 @@ class _Outcome:
 
 def split_relus(graph: Graph, prop: Property, spec: RegionSpec, options, deadline: float) -> Verdict:
     """Decide one region by ReLU splitting (options: BaBOptions' relu_* fields); sat only with a
-    counterexample that verify.confirm accepts."""
+    counterexample that verify.confirm accepts. With `options.workers` > 1, the open domains are
+    shared out to worker processes once there are a few per worker (bab_pool.py)."""
     from verikit.pipeline import confirm
 
     if any(clause.coefficients.shape[0] == 0 for clause in spec.clauses):  # no row: the whole region is unsafe
@@ -108,15 +118,43 @@ def split_relus(graph: Graph, prop: Property, spec: RegionSpec, options, deadlin
     problem = _Problem(graph, spec, options, deadline, getattr(options, "device", "cpu"))
     if not problem.layers:  # nothing to split: the root's bound (every neuron tightened) is all there is
         return problem.root_without_splits()
-    outcome = problem.root()
+    workers = getattr(options, "workers", 1)
+    if workers <= 1:
+        return _search(problem, prop, problem.root(), options, deadline)
+    with start_pool(workers) as pool:  # the workers start while this process bounds the root
+        found = _search(problem, prop, problem.root(), options, deadline, share_at=DOMAINS_PER_WORKER * workers)
+        if isinstance(found, Verdict):
+            return found
+        queue, stuck = found
+        single = dataclasses.replace(options, workers=1)
+        jobs = [functools.partial(_continue, graph, prop, spec, single, deadline, piece, stuck if i == 0 else 0)
+                for i, piece in enumerate(queue.deal(SHARES_PER_WORKER * workers))]
+        return decide_jobs(pool, jobs, workers)
+
+
+def _continue(graph: Graph, prop: Property, spec: RegionSpec, options, deadline: float, domains: "_Domains",
+              stuck: int) -> Verdict:
+    """A worker's share of a search: decide the given open domains of the region."""
+    problem = _Problem(graph, spec, options, deadline, getattr(options, "device", "cpu"))
+    return _search(problem, prop, _Outcome(domains, stuck, []), options, deadline)
+
+
+def _search(problem: "_Problem", prop: Property, outcome: "_Outcome", options, deadline: float,
+            share_at: int | None = None) -> "Verdict | tuple[_Domains, int]":
+    """The branch-and-bound loop from a first outcome: the verdict, or, once `share_at` domains are
+    open, the open domains and the count of stuck ones (for the caller to share out)."""
+    from verikit.pipeline import confirm
+
     queue, stuck, bounded, seconds_per_domain = outcome.domains, outcome.stuck, 1, 0.0
     while True:
         for candidate in outcome.candidates:
-            if verdict := confirm(graph, prop, candidate, "bab"):
+            if verdict := confirm(problem.graph64, prop, candidate, "bab"):
                 verdict.detail = f"ReLU splitting: {bounded} domains bounded"
                 return verdict
         if queue is None or not len(queue):
             break
+        if share_at is not None and len(queue) >= share_at:
+            return queue, stuck
         fits = (deadline - time.monotonic()) / max(seconds_per_domain, 1e-9)  # parents bounded in the time left
         if fits < 1:
             detail = f"{len(queue)} ReLU domains open after {bounded} bounded"
