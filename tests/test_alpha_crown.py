@@ -119,6 +119,30 @@ def test_beta_multipliers_are_sound_on_a_split_domain(networks):
     assert bool((margins >= with_beta - 1e-9).all())
 
 
+def test_problems_past_their_stop_leave_the_ascent_without_changing_the_others(networks):
+    # Branch and bound stops each (domain, row) problem once its bound passes the row's threshold; the
+    # problems are independent, so the others must end exactly where a full ascent ends them, with the
+    # same recorded coefficients, and the stopped ones above their threshold.
+    graph = networks["relu-mlp"]
+    region = Box(torch.full((1, 5), -0.5, dtype=F64), torch.full((1, 5), 0.5, dtype=F64))
+    with torch.no_grad():
+        bounds = layer_bounds(graph, region, "adaptive", {})
+    rows = torch.cat([rows_for(graph)[0], -rows_for(graph)[0]])
+    folded_region, folded_bounds = fold(graph, region, bounds, torch.zeros(len(rows), dtype=torch.long))
+    folded_rows = rows.reshape(len(rows), 1, *graph.output_shape)
+    options = AlphaCrownOptions(dtype="float64", steps=15)
+    full_record, early_record = {}, {}
+    full = optimize_folded(graph, folded_region, folded_rows, folded_bounds, options, full_record)
+    crown = optimize_folded(graph, folded_region, folded_rows, folded_bounds, AlphaCrownOptions(steps=1))
+    stop_at = torch.where(torch.arange(len(rows)) % 2 == 0, (crown + full) / 2, full + 1.0)  # half pass midway
+    early = optimize_folded(graph, folded_region, folded_rows, folded_bounds, options, early_record, stop_at=stop_at)
+    stopped = early > stop_at
+    assert 0 < int(stopped.sum()) < len(rows)
+    assert torch.equal(early[~stopped], full[~stopped])
+    for name, coefficients in full_record.items():
+        assert torch.equal(early_record[name][~stopped], coefficients[~stopped]), name
+
+
 def test_a_passed_deadline_stops_after_the_first_sound_step(networks):
     """With its deadline already passed, alpha-crown takes one step (CROWN's own slopes) and returns
     bounds between CROWN's and the fully optimised ones: anytime, and never unsound."""

@@ -130,7 +130,7 @@ def optimize_folded(graph: Graph, region: Region, rows: torch.Tensor, bounds: di
                     stop_at: torch.Tensor | None = None, target: str | None = None) -> torch.Tensor:
     """Lower bounds [P] of `rows[p] . output` ([P, 1, *output_shape]) over problem p of the region, each
     with its own slopes; `record` receives backward_bound's coefficients (upper-bound form, for -rows)
-    at each problem's best step; the ascent stops early once every bound exceeds `stop_at` ([P]).
+    at each problem's best step; a problem leaves the ascent once its bound exceeds `stop_at` ([P]).
 
     `split_signs` (value -> [P, *shape] of +1 / -1 / 0) adds beta-CROWN's Lagrangian terms (Wang et al.
     2021): where the sign is s, s * value >= 0 holds on problem p's domain, so for any beta >= 0 the
@@ -140,14 +140,22 @@ def optimize_folded(graph: Graph, region: Region, rows: torch.Tensor, bounds: di
     slopes = initial_slopes(graph, bounds)
     betas = {name: torch.zeros_like(sign, requires_grad=True) for name, sign in (split_signs or {}).items()}
     step_record: dict[str, torch.Tensor] | None = {} if record is not None else None
+    sloped = {node.output: node for node in graph.nodes if node.output in slopes and hasattr(node.rule, "reslope")}
+    with torch.no_grad():  # the bounds stay fixed during the ascent: the slope-free lines are computed once
+        bases = {name: node.rule.relax(bounds[node.inputs[0]], mode="adaptive") for name, node in sloped.items()}
+    part: dict = {}  # the inputs of the problems still in the ascent, selected when that set changes
 
-    reslope = _slope_free_relaxations(graph, bounds, slopes)
-
-    def objective() -> torch.Tensor:
-        extra = {name: (beta * split_signs[name]).unsqueeze(1) for name, beta in betas.items()}
-        found = backward_bound(graph, region, target, rows, bounds, "optimizable", sides="lower",
-                               lower_slopes=slopes, relaxations=reslope(), record=step_record,
-                               extra=extra or None)
+    def objective(active: torch.Tensor | None) -> torch.Tensor:
+        if part.get("active", 0) is not active:
+            part.update(_select_open(active, region, rows, bounds, split_signs or {}, bases))
+        pick = part["pick"]
+        step_slopes = {name: pick(slope) for name, slope in slopes.items()}
+        relaxations = {name: sloped[name].rule.reslope(base, part["bounds"][sloped[name].inputs[0]], step_slopes[name])
+                       for name, base in part["bases"].items()}
+        extra = {name: (pick(beta) * part["signs"][name]).unsqueeze(1) for name, beta in betas.items()}
+        found = backward_bound(graph, part["region"], target, part["rows"], part["bounds"], "optimizable",
+                               sides="lower", lower_slopes=step_slopes, relaxations=relaxations,
+                               record=step_record, extra=extra or None)
         return found.lower[:, 0]
 
     groups = [(list(slopes.values()), options.lr, 1.0), (list(betas.values()), options.lr_beta, float("inf"))]
@@ -164,7 +172,7 @@ def tighten_intermediate(graph: Graph, region: Region, coefficients: torch.Tenso
     rows = coefficients.shape[1]
     coefficients = coefficients.reshape(coefficients.shape[0], rows, *graph.output_shape)
 
-    def objective() -> torch.Tensor:
+    def objective(active: None) -> torch.Tensor:  # every problem at every step (no early stop here)
         step_bounds = layer_bounds(graph, region, "optimizable", {}, intersect_ibp=options.intersect_ibp,
                                    batch_rows=options.batch_rows, lower_slopes=slopes, reference=best_bounds)
         with torch.no_grad():
@@ -242,36 +250,51 @@ def initial_slopes(graph: Graph, bounds: dict[str, Interval]) -> dict[str, torch
     return slopes
 
 
-def _slope_free_relaxations(graph: Graph, bounds: dict[str, Interval], slopes: dict[str, torch.Tensor]):
-    """A function giving, at each step, the relaxations of the nodes whose rules can `reslope`: their
-    slope-free lines are computed once (the bounds stay fixed during an ascent), the slopes each call."""
-    bases = {}
-    with torch.no_grad():
-        for node in graph.nodes:
-            if node.output in slopes and hasattr(node.rule, "reslope"):
-                bound = bounds[node.inputs[0]]
-                bases[node.output] = (node.rule, node.rule.relax(bound, mode="adaptive"), bound)
-    return lambda: {name: rule.reslope(base, bound, slopes[name]) for name, (rule, base, bound) in bases.items()}
+def _select_open(active: torch.Tensor | None, region: Region, rows: torch.Tensor, bounds: dict[str, Interval],
+                 signs: dict[str, torch.Tensor], bases: dict) -> dict:
+    """optimize_folded's inputs for problems `active` (None: all; batch-of-one entries are shared)."""
+    pick = (lambda t: t) if active is None else (lambda t: t[active] if t.shape[0] > 1 else t)  # noqa: E731
+    return dict(active=active, pick=pick, region=region if active is None else region.select(active),
+                rows=pick(rows), bounds={name: _pick_all(b, pick) for name, b in bounds.items()},
+                signs={name: pick(sign) for name, sign in signs.items()},
+                bases={name: _pick_all(base, pick) for name, base in bases.items()})
+
+
+def _pick_all(record, pick):
+    """The same record (an Interval or a Relaxation-like dataclass) with `pick` applied to each tensor."""
+    return type(record)(**{key: pick(value) if isinstance(value, torch.Tensor) else value
+                           for key, value in vars(record).items()})
 
 
 def _ascend(objective, groups: list[tuple[list[torch.Tensor], float, float]], options: AlphaCrownOptions,
             step_record: dict | None = None, record: dict | None = None,
             stop_at: torch.Tensor | None = None) -> torch.Tensor:
-    """Adam ascent of objective() (a vector of lower bounds) over groups of parameters (tensors,
-    learning rate, upper limit; all projected into [0, limit]); returns the best value per entry
-    (the first step uses the initial parameters)."""
+    """Adam ascent of objective(active) (the lower bounds of problems `active`, None: all) over groups of
+    parameters (tensors, learning rate, upper limit; all projected into [0, limit]); returns the best
+    value per entry (the first step uses the initial parameters). With `stop_at` (one per problem), a problem
+    whose best exceeds it leaves the active set (the problems are independent: the others' steps are
+    unchanged), and the ascent stops once none is left."""
     adams = [Adam(tensors, lr, maximize=True, limits=(0.0, limit)) for tensors, lr, limit in groups if tensors]
     parameters = [p for adam in adams for p in adam.parameters]
-    best = None
+    best, active = None, None
     for step in range(max(1, options.steps)):
         with torch.enable_grad():
-            value = objective()
+            value = objective(active)
         detached = value.detach()
-        improved = torch.ones_like(detached, dtype=torch.bool) if best is None else detached > best
-        best = detached.clone() if best is None else torch.where(improved, detached, best)
+        if best is None:
+            best, improved = detached.clone(), torch.ones_like(detached, dtype=torch.bool)
+        else:
+            improved = detached > (best if active is None else best[active])
+            _put(best, active, torch.where(improved, detached, best if active is None else best[active]))
         if record is not None:
-            _keep_improved(record, step_record, improved)
-        done = stop_at is not None and bool((best > stop_at).all())
+            _keep_improved(record, step_record, improved, active)
+        done = False
+        if stop_at is not None:
+            still = (best if active is None else best[active]) <= (stop_at if active is None else stop_at[active])
+            done = not bool(still.any())
+            if 4 * int((~still).sum()) >= len(still):  # a quarter done: the step shrinks to the others
+                every = torch.arange(len(best), device=best.device) if active is None else active
+                active = every[still]
         late = options.deadline is not None and time.monotonic() >= options.deadline
         if done or late or step == options.steps - 1 or not value.requires_grad:
             break
@@ -281,8 +304,16 @@ def _ascend(objective, groups: list[tuple[list[torch.Tensor], float, float]], op
     return best
 
 
-def _keep_improved(record: dict, step_record: dict, improved: torch.Tensor) -> None:
-    """Copy the step's recorded coefficients into `record` for the problems whose bound improved."""
+def _put(target: torch.Tensor, active: torch.Tensor | None, value: torch.Tensor) -> None:
+    """target[active] = value in place (active None: every entry)."""
+    if active is None:
+        target.copy_(value)
+    else:
+        target[active] = value
+
+
+def _keep_improved(record: dict, step_record: dict, improved: torch.Tensor, active: torch.Tensor | None) -> None:
+    """Copy the step's recorded coefficients (of problems `active`) into `record` where the bound improved."""
     for name, value in step_record.items():
         if value is None:
             continue
@@ -291,7 +322,8 @@ def _keep_improved(record: dict, step_record: dict, improved: torch.Tensor) -> N
             record[name] = value.clone()
         else:
             mask = improved.reshape(-1, *([1] * (value.dim() - 1)))
-            record[name] = torch.where(mask, value, record[name])
+            kept = record[name] if active is None else record[name][active]
+            _put(record[name], active, torch.where(mask, value, kept))
     step_record.clear()
 
 
