@@ -54,7 +54,7 @@ class AlphaCrownOptions:
     intermediate_limit: int = 20_000  # ... only when at most this many neurons feed activations
     intersect_ibp: bool = True  # intersect every bound with interval propagation (sound, tighter)
     batch_rows: int = 2048  # problems x coefficient rows per backward pass of the intermediate bounds
-    deadline: float | None = None  # time.monotonic() after which no new step starts (every step is sound)
+    deadline: float | None = None  # time.monotonic() by which the steps end: none starts that would end later
 
 
 class AlphaCrown(Method):
@@ -278,6 +278,7 @@ def _ascend(objective, groups: list[tuple[list[torch.Tensor], float, float]], op
     parameters = [p for adam in adams for p in adam.parameters]
     best, active = None, None
     for step in range(max(1, options.steps)):
+        started = time.monotonic()
         with torch.enable_grad():
             value = objective(active)
         detached = value.detach()
@@ -295,7 +296,8 @@ def _ascend(objective, groups: list[tuple[list[torch.Tensor], float, float]], op
             if 4 * int((~still).sum()) >= len(still):  # a quarter done: the step shrinks to the others
                 every = torch.arange(len(best), device=best.device) if active is None else active
                 active = every[still]
-        late = options.deadline is not None and time.monotonic() >= options.deadline
+        now = time.monotonic()  # the next step would end about a step's time from now
+        late = options.deadline is not None and 2 * now - started >= options.deadline
         if done or late or step == options.steps - 1 or not value.requires_grad:
             break
         gradients = iter(torch.autograd.grad(value.sum(), parameters, allow_unused=True))
