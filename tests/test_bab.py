@@ -101,7 +101,37 @@ def test_input_pieces_cover_the_box_exactly():
 def test_a_pool_of_workers_agrees_with_one_process(tmp_path):
     graph = load_model(mlp(tmp_path / "net.onnx", "Relu", widths=(12, 12), inputs=2, outputs=2, seed=1))
     above = _assert_agrees_with_brute_force(graph, BaBOptions(batch=64, workers=2))
-    assert "pieces in 2 workers" in above.detail
+    assert "in 2 workers" in above.detail
+
+
+def test_open_boxes_dealt_again_round_after_round_agree_with_one_process(tmp_path, monkeypatch):
+    # 0 s a part: every part goes back after one batch, and the open boxes are dealt again each round
+    import verikit.methods.bab as bab
+
+    monkeypatch.setattr(bab, "PART_SECONDS", 0.0)
+    graph = load_model(mlp(tmp_path / "net.onnx", "Relu", widths=(12, 12), inputs=2, outputs=2, seed=1))
+    for margin in (0.005, -0.02):  # just above the grid maximum: a few rounds; below it: a real point
+        prop = _threshold_property(graph, _grid_max(graph) + margin)
+        alone = BranchAndBound().decide(graph, prop, BaBOptions(batch=4), time.monotonic() + 60)
+        pooled = BranchAndBound().decide(graph, prop, BaBOptions(batch=4, workers=2), time.monotonic() + 60)
+        assert pooled.status == alone.status == ("unsat" if margin > 0 else "sat"), (alone, pooled)
+        if pooled.status == "sat":
+            assert prop.is_counterexample(*pooled.counterexample)
+        else:
+            assert int(pooled.detail.split("2 workers, ")[1].split(" rounds")[0]) > 1, pooled.detail
+
+
+def test_dealt_parts_hold_every_open_box_once():
+    from verikit.methods.bab import _Domains
+
+    lower = torch.rand(11, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    domains = _Domains(lower, lower + 1, torch.rand(11, 2, generator=torch.Generator().manual_seed(1)) > 0.5)
+    parts = domains.deal(4)
+    assert len(parts) == 4 and sorted(len(part) for part in parts) == [2, 3, 3, 3]
+    rows = torch.cat([torch.cat([p.lower, p.upper, p.open.double()], 1) for p in parts])
+    original = torch.cat([domains.lower, domains.upper, domains.open.double()], 1)
+    assert sorted(map(tuple, rows.tolist())) == sorted(map(tuple, original.tolist()))
+    assert len(domains.deal(20)) == 11
 
 
 def test_a_pool_of_workers_times_out_at_the_deadline(benchmarks):

@@ -117,7 +117,7 @@ def main(threads: int) -> None:
 @click.option("--no-check", is_flag=True, help="Skip comparing the model with onnxruntime at load.")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the verdict.")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
-              help="Processes for branch and bound: pieces of each input box (input splitting), the "
+              help="Processes for branch and bound: the open sub-boxes (input splitting), the "
                    "spec's regions, or the open domains of ReLU splitting are decided at once.")
 @device_option
 @handles_errors

@@ -17,6 +17,7 @@ guess. `device="cuda"` bounds the domains on a GPU.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from dataclasses import dataclass
 
@@ -24,7 +25,7 @@ import torch
 
 from verikit.graph import Graph
 from verikit.hookspecs import hookimpl
-from verikit.methods.bab_pool import PIECES_PER_WORKER, decide_in_pool, input_pieces
+from verikit.methods.bab_pool import PIECES_PER_WORKER, decide_in_pool, input_pieces, run_job, start_pool
 from verikit.methods.base import Method, Verdict
 from verikit.methods.relu_split import split_relus
 from verikit.plugins import get_method
@@ -32,6 +33,8 @@ from verikit.propagate.forward import bounds_by_forward_mode, supports_forward_m
 from verikit.region import Box, LpBall
 from verikit.spec.property import Property, RegionSpec
 
+PART_SECONDS = 2.0  # input splitting in a pool: a part's time in a round before its open boxes go back ...
+ROUND_PARTS = 4  # ... and the parts a worker in a round, after which they are dealt again
 
 @dataclass
 class BaBOptions:
@@ -41,9 +44,9 @@ class BaBOptions:
     alpha-CROWN steps per bounding (1: plain CROWN), beta-CROWN split multipliers on or off, queue cap,
     PGD starts per batch, and rows per backward pass of the intermediate bounds. device: where the
     domains are bounded ("cuda" for a GPU; attacks and LP leaves run on the CPU). workers: processes
-    that decide pieces of the property at once (verikit.methods.bab_pool: pieces of each input box
-    under input splitting; under ReLU splitting the regions, or one region's open domains once the
-    search has a few per worker)."""
+    that decide pieces of the property at once (input splitting: the open sub-boxes, dealt again
+    round after round, `_split_inputs_in_rounds`; ReLU splitting: the regions, or one region's open
+    domains once the search has a few per worker, verikit.methods.bab_pool)."""
 
     bound_method: str = "crown"
     batch: int | None = None  # None: 1024 on the CPU, 16384 on a GPU
@@ -73,8 +76,7 @@ class BranchAndBound(Method):
         split = _split_inputs if prop.n_inputs <= options.max_inputs else split_relus
         pieces = list(prop.regions)
         if options.workers > 1 and split is _split_inputs and all(_boxed(spec) for spec in prop.regions):
-            count = PIECES_PER_WORKER * options.workers
-            pieces = [piece for spec in prop.regions for piece in input_pieces(spec, count // len(prop.regions))]
+            return _split_inputs_in_rounds(graph, prop, options, deadline)
         if options.workers > 1 and len(pieces) > 1:
             return decide_in_pool(graph, prop, pieces, split, options, deadline)
         statuses = []
@@ -106,6 +108,12 @@ class _Domains:
         self.lower, self.upper, self.open = self.lower[:-count], self.upper[:-count], self.open[:-count]
         return taken
 
+    def deal(self, count: int) -> list["_Domains"]:
+        """At most `count` parts, dealt like cards: the most recently split boxes (the end of the stack,
+        where the hard corners are) spread over every part."""
+        return [_Domains(self.lower[i::count], self.upper[i::count], self.open[i::count])
+                for i in range(min(count, len(self)))]
+
     def push(self, other: "_Domains") -> None:
         self.lower = torch.cat([self.lower, other.lower])
         self.upper = torch.cat([self.upper, other.upper])
@@ -125,17 +133,22 @@ def _root_box(spec: RegionSpec) -> Box:
     return Box(box.lower.double(), box.upper.double())
 
 
-def _split_inputs(graph: Graph, prop: Property, spec: RegionSpec, options: BaBOptions, deadline: float) -> Verdict:
-    """Branch and bound over one region's input box."""
+def _split_inputs(graph: Graph, prop: Property, spec: RegionSpec, options: BaBOptions, deadline: float,
+                  start: "_Domains | None" = None, until: float | None = None) -> "Verdict | _Domains":
+    """Branch and bound over one region's input box, or over the open sub-boxes `start`; with `until`,
+    the sub-boxes still open at that time come back instead of a verdict (for a pool to re-deal)."""
     from verikit.pipeline import confirm
 
     bounder = _RowBounder(graph, spec, get_method(options.bound_method), options.device)
     root = _root_box(spec)
-    queue = _Domains(root.lower, root.upper, torch.ones(1, len(spec.clauses), dtype=torch.bool))
+    queue = start if start is not None else _Domains(root.lower, root.upper,
+                                                     torch.ones(1, len(spec.clauses), dtype=torch.bool))
     graph64 = graph.to(torch.float64)
     bounded = 0
     size = options.batch or (1024 if torch.device(options.device).type == "cpu" else 16384)
     while len(queue):
+        if until is not None and bounded and time.monotonic() >= until:  # one batch at least: progress
+            return queue
         if time.monotonic() >= deadline:
             return Verdict("timeout", method="bab", detail=f"{len(queue)} domains open after {bounded} bounded")
         batch = queue.pop(min(size, len(queue)))
@@ -157,6 +170,53 @@ def _split_inputs(graph: Graph, prop: Property, spec: RegionSpec, options: BaBOp
         sensitivity = sensitivity[alive] if sensitivity is not None else _forward_sensitivity(graph64, spec, batch)
         queue.push(_split(batch, sensitivity))
     return Verdict("unsat", method="bab", detail=f"{bounded} domains bounded")
+
+
+def _split_inputs_in_rounds(graph: Graph, prop: Property, options: BaBOptions, deadline: float) -> Verdict:
+    """Input splitting in a process pool, in rounds: every region's open sub-boxes (at first, its box
+    bisected into PIECES_PER_WORKER pieces a worker) are dealt into ROUND_PARTS parts a worker, a worker
+    splits a part for up to PART_SECONDS and sends back what is still open, and that is dealt again, so
+    the boxes of a hard corner end up spread over every worker. The first confirmed `sat` ends the
+    search; `unsat` once no box is left anywhere."""
+    single, parts = dataclasses.replace(options, workers=1), PIECES_PER_WORKER * options.workers
+    open_boxes = {index: _stacked(input_pieces(spec, parts // len(prop.regions)), len(spec.clauses))
+                  for index, spec in enumerate(prop.regions)}
+    rounds = 0
+    with start_pool(options.workers) as pool:
+        while open_boxes:
+            if time.monotonic() >= deadline:
+                left = sum(len(d) for d in open_boxes.values())
+                return Verdict("timeout", method="bab", detail=f"{left} domains open after {rounds} rounds")
+            rounds += 1
+            jobs = [functools.partial(_round_part, graph, prop, index, single, deadline, part, PART_SECONDS)
+                    for index, boxes in open_boxes.items()
+                    for part in boxes.deal(max(1, ROUND_PARTS * options.workers // len(open_boxes)))]
+            open_boxes = {}
+            for index, result in pool.imap_unordered(run_job, jobs):
+                if isinstance(result, _Domains):
+                    open_boxes[index] = result if index not in open_boxes else _joined(open_boxes[index], result)
+                elif result.status != "unsat":  # sat (confirmed in the worker), or a domain limit
+                    return result
+    return Verdict("unsat", method="bab", detail=f"input splitting in {options.workers} workers, {rounds} rounds")
+
+
+def _round_part(graph: Graph, prop: Property, index: int, options: BaBOptions, deadline: float,
+                part: "_Domains", seconds: float) -> "tuple[int, Verdict | _Domains]":
+    """One worker's part of a round: region `index`'s sub-boxes `part` split for `seconds` at most."""
+    end = min(deadline, time.monotonic() + seconds)
+    return index, _split_inputs(graph, prop, prop.regions[index], options, deadline, part, end)
+
+
+def _stacked(pieces: list[RegionSpec], clauses: int) -> "_Domains":
+    """Sub-box pieces of one region as a stack of domains with every clause open."""
+    lower = torch.cat([piece.region.lower for piece in pieces])
+    upper = torch.cat([piece.region.upper for piece in pieces])
+    return _Domains(lower, upper, torch.ones(len(pieces), clauses, dtype=torch.bool))
+
+
+def _joined(first: "_Domains", second: "_Domains") -> "_Domains":
+    first.push(second)
+    return first
 
 
 class _RowBounder:

@@ -1,12 +1,12 @@
 """Branch and bound over a pool of worker processes (`bab` with `workers` > 1).
 
-The property is cut into pieces that cover it: each region on its own; under input splitting each
-region's box bisected (widest input first) into a few pieces per worker; under ReLU splitting of one
-region, the open domains of the search once it has a few per worker (relu_split.py). Every piece is
-decided by the sequential branch and bound in a worker process, all against the same deadline. The
-answer is `sat` as soon as one piece finds a confirmed counterexample (the pool is then stopped),
-`unsat` when every piece is `unsat`, and otherwise the first piece's `timeout` / `unknown`: the pieces
-cover the property, so nothing else is sound.
+The property is cut into pieces that cover it: each region on its own, or, under ReLU splitting of
+one region, the open domains of the search once it has a few per worker (relu_split.py). Every piece
+is decided by the sequential branch and bound in a worker process, all against the same deadline.
+The answer is `sat` as soon as one piece finds a confirmed counterexample (the pool is then
+stopped), `unsat` when every piece is `unsat`, and otherwise the first piece's `timeout` / `unknown`:
+the pieces cover the property, so nothing else is sound. (Input splitting deals its open sub-boxes
+out again round after round instead, starting from `input_pieces`: bab.py.)
 """
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def decide_jobs(pool, jobs: list[Callable[[], Verdict]], workers: int) -> Verdic
     """Run the jobs (picklable callables, each deciding one piece) in the pool; combine as the module
     doc says."""
     verdicts = []
-    for verdict in pool.imap_unordered(_run, jobs):
+    for verdict in pool.imap_unordered(run_job, jobs):
         if verdict.status == "sat":
             pool.terminate()
             return verdict
@@ -71,7 +71,8 @@ def input_pieces(spec: RegionSpec, count: int) -> list[RegionSpec]:
     return [dataclasses.replace(spec, region=Box(lower[i:i + 1], upper[i:i + 1])) for i in range(lower.shape[0])]
 
 
-def _run(job: Callable[[], Verdict]) -> Verdict:
+def run_job(job: Callable[[], object]) -> object:
+    """Call a job (in a worker process: a module-level function, so the pool can pickle it)."""
     return job()
 
 
