@@ -82,9 +82,11 @@ class AlphaCrown(Method):
         if options.optimize_intermediate and _relaxed_neurons(graph) <= options.intermediate_limit:
             bounds, best = tighten_intermediate(graph, region, rows, bounds, options)
         result = optimize_rows(graph, region, rows, bounds, options)
-        with torch.no_grad():  # CROWN's rows on the same bounds: S-shaped ops start from other lines
-            shaped = rows.reshape(rows.shape[0], rows.shape[1], *graph.output_shape)
-            crown = backward_bound(graph, region, graph.output_name, shaped, bounds, "adaptive")
+        crown = None  # ReLU slopes start at CROWN's: the ascent's first step is CROWN's bound already
+        if any(not node.linear and node.op_type not in SLOPED_OPS for node in graph.nodes):
+            with torch.no_grad():  # other ops (S-shaped) may start from other lines: CROWN's rows as a floor
+                shaped = rows.reshape(rows.shape[0], rows.shape[1], *graph.output_shape)
+                crown = backward_bound(graph, region, graph.output_name, shaped, bounds, "adaptive")
         for other in (best, crown):
             if other is not None:
                 result = Interval(torch.maximum(result.lower, other.lower), torch.minimum(result.upper, other.upper))
@@ -143,10 +145,10 @@ def optimize_folded(graph: Graph, region: Region, rows: torch.Tensor, bounds: di
     sloped = {node.output: node for node in graph.nodes if node.output in slopes and hasattr(node.rule, "reslope")}
     with torch.no_grad():  # the bounds stay fixed during the ascent: the slope-free lines are computed once
         bases = {name: node.rule.relax(bounds[node.inputs[0]], mode="adaptive") for name, node in sloped.items()}
-    part: dict = {}  # the inputs of the problems still in the ascent, selected when that set changes
+    part = _select_open(None, region, rows, bounds, split_signs or {}, bases)  # the problems still ascending
 
     def objective(active: torch.Tensor | None) -> torch.Tensor:
-        if part.get("active", 0) is not active:
+        if part["active"] is not active:  # _ascend dropped some: select the others' inputs once
             part.update(_select_open(active, region, rows, bounds, split_signs or {}, bases))
         pick = part["pick"]
         step_slopes = {name: pick(slope) for name, slope in slopes.items()}

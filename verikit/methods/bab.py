@@ -74,11 +74,10 @@ class BranchAndBound(Method):
         options = options or BaBOptions()
         deadline = deadline if deadline is not None else time.monotonic() + 60
         split = _split_inputs if prop.n_inputs <= options.max_inputs else split_relus
-        pieces = list(prop.regions)
         if options.workers > 1 and split is _split_inputs and all(_boxed(spec) for spec in prop.regions):
             return _split_inputs_in_rounds(graph, prop, options, deadline)
-        if options.workers > 1 and len(pieces) > 1:
-            return decide_in_pool(graph, prop, pieces, split, options, deadline)
+        if options.workers > 1 and len(prop.regions) > 1:
+            return decide_in_pool(graph, prop, list(prop.regions), split, options, deadline)
         statuses = []
         for spec in prop.regions:
             verdict = split(graph, prop, spec, options, deadline)
@@ -193,8 +192,10 @@ def _split_inputs_in_rounds(graph: Graph, prop: Property, options: BaBOptions, d
                     for part in boxes.deal(max(1, ROUND_PARTS * options.workers // len(open_boxes)))]
             open_boxes = {}
             for index, result in pool.imap_unordered(run_job, jobs):
-                if isinstance(result, _Domains):
-                    open_boxes[index] = result if index not in open_boxes else _joined(open_boxes[index], result)
+                if isinstance(result, _Domains) and index in open_boxes:
+                    open_boxes[index].push(result)
+                elif isinstance(result, _Domains):
+                    open_boxes[index] = result
                 elif result.status != "unsat":  # sat (confirmed in the worker), or a domain limit
                     return result
     return Verdict("unsat", method="bab", detail=f"input splitting in {options.workers} workers, {rounds} rounds")
@@ -212,11 +213,6 @@ def _stacked(pieces: list[RegionSpec], clauses: int) -> "_Domains":
     lower = torch.cat([piece.region.lower for piece in pieces])
     upper = torch.cat([piece.region.upper for piece in pieces])
     return _Domains(lower, upper, torch.ones(len(pieces), clauses, dtype=torch.bool))
-
-
-def _joined(first: "_Domains", second: "_Domains") -> "_Domains":
-    first.push(second)
-    return first
 
 
 class _RowBounder:
