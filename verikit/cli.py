@@ -108,7 +108,7 @@ def main(threads: int) -> None:
 @click.argument("spec", type=click.Path(dir_okay=False))
 @click.option("--method", "-m", "methods", multiple=True,
               help="Bound method to try (repeat for several, cheap to strong). Default: the registered ones "
-                   "of ibp, crown, alpha-crown.")
+                   "of ibp, crown, alpha-crown, group-dual that suit the model.")
 @click.option("--attack", default="pgd", show_default=True, help="Attack method; 'none' to skip.")
 @click.option("--complete", default="bab", show_default=True,
               help="Complete method run after the bounds, until the deadline; 'none' to skip.")

@@ -18,7 +18,7 @@ from verikit.methods.base import Verdict
 from verikit.plugins import get_method, registry
 from verikit.spec.property import Property, RegionSpec
 
-DEFAULT_BOUND_ORDER = ("ibp", "crown", "alpha-crown")
+DEFAULT_BOUND_ORDER = ("ibp", "crown", "alpha-crown", "group-dual")  # each only where it applies
 STRONG_ATTACK = {"restarts": 4096, "max_points": 4096, "steps": 50, "seed": 1}
 FIRST_ATTACK_SECONDS = 1.0  # at most, for the quick attack before any bound (a conv net's restarts are slow)
 STRONG_ATTACK_SHARE = 0.15  # of the time left when the bounds have not decided
@@ -81,6 +81,8 @@ def verify(graph: Graph, prop: Property, options: VerifyOptions | None = None,
     low_dimensional = complete is not None and options.methods is None and prop.n_inputs <= LOW_DIMENSIONAL
     if low_dimensional:
         methods = [m for m in methods if m.name != "alpha-crown"]
+    if options.methods is None:  # the default order: only the methods this graph suits
+        methods = [m for m in methods if m.applies(graph)]
 
     if options.attack:
         say(f"attack ({options.attack})")

@@ -52,6 +52,10 @@ class Method:
         """A complete answer for the property, or unknown/timeout."""
         raise NotImplementedError
 
+    def applies(self, graph: Graph) -> bool:
+        """Whether the method can bound this graph at all (the pipeline skips it where not); most can."""
+        return True
+
     def default_options(self):
         return self.Options()
 
