@@ -192,7 +192,7 @@ class _Problem:
                                 for i, c in enumerate(spec.clauses)])
         self.alpha = AlphaCrownOptions(steps=options.relu_alpha_steps, deadline=deadline)
         self.attack_points, self.batch_rows = options.relu_attack_points, options.relu_batch_rows
-        self.beta = options.relu_beta
+        self.beta, self.depth_weight = options.relu_beta, options.relu_depth_weight
         self.relaxed = values_to_relax(self.graph)
         self.layers = _relu_layers(self.graph)
         self.positions = {node.output: i for i, node in enumerate(self.graph.nodes)}
@@ -346,9 +346,10 @@ class _Problem:
 
     def _branch_scores(self, bounds, folded_bounds, record, domain, live, count) -> torch.Tensor:
         """[D, neurons]: summed over each domain's open rows, the coefficient on every unstable ReLU's
-        output times its upper line's intercept -l u / (u - l); -inf where stable."""
+        output times its upper line's intercept -l u / (u - l), times depth_weight for every ReLU
+        layer after the neuron's (a split re-bounds those layers too); -inf where stable."""
         parts = []
-        for layer in self.layers:
+        for index, layer in enumerate(self.layers):
             folded = folded_bounds[layer.value]
             lower, upper = folded.lower.flatten(1), folded.upper.flatten(1)
             coefficient = record[layer.output].flatten(2)[:, 0] * live.unsqueeze(1)
@@ -358,6 +359,7 @@ class _Problem:
             score = per_pair.new_zeros(count, layer.size).index_add_(0, domain, per_pair)
             whole = bounds[layer.value]
             stable = ((whole.lower >= 0) | (whole.upper <= 0)).flatten(1).expand(count, -1)
+            score = score * self.depth_weight ** (len(self.layers) - 1 - index)
             parts.append(score.masked_fill(stable, float("-inf")))
         return torch.cat(parts, dim=1)
 
