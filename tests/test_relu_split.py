@@ -226,18 +226,20 @@ def test_a_search_shared_out_to_workers_agrees_with_milp(tmp_path, monkeypatch):
     assert_confirmed(one_row(graph, region, row, optimum + 0.002), above)
 
 
-def test_depth_weight_steers_splits_towards_earlier_layers(tmp_path):
-    # A split re-bounds every later layer, so relu_depth_weight scales a layer's scores by its count of
-    # later ReLU layers: very large, the first split falls in the first layer; very small, in the last.
+def test_looseness_power_steers_splits_towards_earlier_layers(tmp_path):
+    # A split re-bounds every later layer, so relu_looseness_power raises a neuron's score by the share
+    # of unstable neurons in each later layer: very high, the first split falls in the first layer;
+    # negative, in the last; the default lies between.
     from verikit.methods.relu_split import _Problem
 
     graph = load_model(mlp(tmp_path / "d.onnx", "Relu", (12, 12, 12), inputs=5, outputs=3, seed=90))
     region = box_around(2, 5, 0.5)
     spec = one_row(graph, region, torch.tensor([1.0, -1.0, 0.0]), 100.0).regions[0]  # open at the root
     chosen = {}
-    for weight in (1e-6, 1.0, 1e6):
-        problem = _Problem(graph, spec, BaBOptions(max_inputs=2, relu_depth_weight=weight))
+    for power in (-50.0, 0.0, BaBOptions().relu_looseness_power, 50.0):
+        problem = _Problem(graph, spec, BaBOptions(max_inputs=2, relu_looseness_power=power))
         branch = int(problem.root().domains.branch[0])
-        chosen[weight] = next(i for i, layer in enumerate(problem.layers)
-                              if layer.offset <= branch < layer.offset + layer.size)
-    assert chosen[1e6] == 0 and chosen[1e-6] == 2 and chosen[1e6] <= chosen[1.0] <= chosen[1e-6]
+        chosen[power] = next(i for i, layer in enumerate(problem.layers)
+                             if layer.offset <= branch < layer.offset + layer.size)
+    assert chosen[50.0] == 0 and chosen[-50.0] == 2
+    assert chosen[50.0] <= chosen[BaBOptions().relu_looseness_power] <= chosen[0.0]

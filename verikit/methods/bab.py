@@ -41,8 +41,8 @@ class BaBOptions:
     """bound_method: bounds each batch of domains; batch: domains bounded at once; max_inputs: the
     largest input dimension split directly (larger inputs go to ReLU splitting, relu_split.py);
     max_domains: a memory cap on the queue. relu_*: ReLU splitting's parents split at once,
-    alpha-CROWN steps per bounding (1: plain CROWN), beta-CROWN split multipliers on or off, the
-    branching score's factor per later ReLU layer (a split re-bounds the layers after it), queue cap,
+    alpha-CROWN steps per bounding (1: plain CROWN), beta-CROWN split multipliers on or off, how much
+    the branching score favours neurons before loose layers (a split re-bounds them; 0: BaBSR's score), queue cap,
     PGD starts per batch, and rows per backward pass of the intermediate bounds. device: where the
     domains are bounded ("cuda" for a GPU; attacks and LP leaves run on the CPU). workers: processes
     that decide pieces of the property at once (input splitting: the open sub-boxes, dealt again
@@ -56,7 +56,7 @@ class BaBOptions:
     relu_batch: int = 256
     relu_alpha_steps: int = 20
     relu_beta: bool = True
-    relu_depth_weight: float = 2.0
+    relu_looseness_power: float = 2.0
     relu_max_domains: int = 100_000
     relu_attack_points: int = 16
     relu_batch_rows: int = 65_536

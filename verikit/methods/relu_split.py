@@ -13,13 +13,15 @@ refutes the region. A domain whose kept bounds cross (lower > upper) is empty.
 
 Each step takes the hardest open domains (lowest bound), splits each on the neuron of largest
 BaBSR-like score (the backward coefficient on the ReLU's output times the intercept -l u / (u - l) of
-its upper line: how much that line loosens the bound), bounds the children in one batch (one problem
-per open clause row: slopes optimised by alpha-CROWN, plus beta-CROWN's multipliers on the sign
-constraints the domain's bounds imply), drops refuted clauses and empty domains, and tries the points
-minimising each row's linear bound (inside the region, so any violation is a real counterexample)
-plus a few PGD steps from the most promising ones. A domain with every ReLU decided is settled by an
-LP over its bounds (exact there for piecewise-linear nets); one the LP cannot settle makes the answer
-`unknown` rather than `unsat`.
+its upper line: how much that line loosens the bound; times (1 + u)^`relu_looseness_power` for each
+ReLU layer after the neuron's, u the share of that layer's neurons unstable in the domain: a split
+re-bounds the later layers, and where they are loose an early split tightens them all), bounds
+the children in one batch (one problem per open clause row: slopes optimised by alpha-CROWN, plus
+beta-CROWN's multipliers on the sign constraints the domain's bounds imply), drops refuted clauses and
+empty domains, and tries the points minimising each row's linear bound (inside the region, so any
+violation is a real counterexample) plus a few PGD steps from the most promising ones. A domain with
+every ReLU decided is settled by an LP over its bounds (exact there for piecewise-linear nets); one
+the LP cannot settle makes the answer `unknown` rather than `unsat`.
 """
 from __future__ import annotations
 
@@ -192,7 +194,7 @@ class _Problem:
                                 for i, c in enumerate(spec.clauses)])
         self.alpha = AlphaCrownOptions(steps=options.relu_alpha_steps, deadline=deadline)
         self.attack_points, self.batch_rows = options.relu_attack_points, options.relu_batch_rows
-        self.beta, self.depth_weight = options.relu_beta, options.relu_depth_weight
+        self.beta, self.looseness_power = options.relu_beta, options.relu_looseness_power
         self.relaxed = values_to_relax(self.graph)
         self.layers = _relu_layers(self.graph)
         self.positions = {node.output: i for i, node in enumerate(self.graph.nodes)}
@@ -346,10 +348,10 @@ class _Problem:
 
     def _branch_scores(self, bounds, folded_bounds, record, domain, live, count) -> torch.Tensor:
         """[D, neurons]: summed over each domain's open rows, the coefficient on every unstable ReLU's
-        output times its upper line's intercept -l u / (u - l), times depth_weight for every ReLU
-        layer after the neuron's (a split re-bounds those layers too); -inf where stable."""
+        output times its upper line's intercept -l u / (u - l), times (1 + unstable share)^power of
+        every ReLU layer after the neuron's (a split re-bounds those layers); -inf where stable."""
         parts = []
-        for index, layer in enumerate(self.layers):
+        for layer in self.layers:
             folded = folded_bounds[layer.value]
             lower, upper = folded.lower.flatten(1), folded.upper.flatten(1)
             coefficient = record[layer.output].flatten(2)[:, 0] * live.unsqueeze(1)
@@ -359,8 +361,12 @@ class _Problem:
             score = per_pair.new_zeros(count, layer.size).index_add_(0, domain, per_pair)
             whole = bounds[layer.value]
             stable = ((whole.lower >= 0) | (whole.upper <= 0)).flatten(1).expand(count, -1)
-            score = score * self.depth_weight ** (len(self.layers) - 1 - index)
             parts.append(score.masked_fill(stable, float("-inf")))
+        weight = parts[0].new_ones(count, 1)
+        for index in range(len(parts) - 1, -1, -1):  # from the last layer back: the looseness after each
+            unstable_share = torch.isfinite(parts[index]).float().mean(1, keepdim=True)
+            parts[index] = parts[index] * weight
+            weight = weight * (1 + unstable_share) ** self.looseness_power
         return torch.cat(parts, dim=1)
 
     def _priority(self, margin, domain, row, open_clauses) -> torch.Tensor:
