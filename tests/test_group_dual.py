@@ -10,7 +10,7 @@ from netgen import NetBuilder, mlp, tiny_net
 from test_milp import attacked_extremes
 from verikit.api import load_model, load_spec
 from verikit.errors import PluginError
-from verikit.methods.group_dual import GroupDual, one_layer
+from verikit.methods.group_dual import GroupDual
 from verikit.methods.milp import MILP
 from verikit.pipeline import VerifyOptions, verify
 from verikit.plugins import get_method
@@ -87,10 +87,11 @@ def test_one_group_is_exact(tmp_path):
 def test_refused_clearly_where_it_does_not_apply(tmp_path):
     deep = load_model(mlp(tmp_path / "deep.onnx", widths=(8, 8)))  # two ReLU layers
     wide = load_model(mlp(tmp_path / "wide.onnx", widths=(8,), inputs=6))  # every neuron reads 6 inputs
-    for graph in (deep, wide):
-        assert one_layer(graph, 4) is None and not GroupDual().applies(graph)
-        with pytest.raises(PluginError, match="alpha-crown"):
+    for graph, why in ((deep, "this network has 2 .Relu"), (wide, "read more than 4 inputs")):
+        assert not GroupDual().applies(graph)
+        with pytest.raises(PluginError, match=why) as refused:
             GroupDual().bound(graph, random_box(graph, 0.1, 0), torch.ones(1, 1, 3))
+        assert graph.source in str(refused.value) and "alpha-crown" in str(refused.value)
     assert GroupDual().applies(load_model(mlp(tmp_path / "narrow.onnx", widths=(8,), inputs=4)))
 
 

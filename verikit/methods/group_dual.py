@@ -81,7 +81,11 @@ class GroupDual(Method):
     needs = ("forward", "relax")
 
     def applies(self, graph: Graph) -> bool:
-        return one_layer(graph, self.default_options().max_group_inputs) is not None
+        try:
+            one_layer(graph, self.default_options().max_group_inputs)
+        except PluginError:
+            return False
+        return True
 
     def bound(self, graph: Graph, region: Region, coefficients: torch.Tensor, options=None,
               intermediate: dict[str, Interval] | None = None) -> Interval:
@@ -89,10 +93,6 @@ class GroupDual(Method):
         options = options or self.default_options()
         graph64 = graph.to(F64)
         layout = one_layer(graph, options.max_group_inputs)
-        if layout is None:
-            raise PluginError(f"group-dual needs one ReLU/LeakyReLU layer whose neurons each read at most "
-                              f"{options.max_group_inputs} inputs, with only linear ops around it",
-                              fix="use alpha-crown or crown for this network")
         rows = coefficients.to(F64).cpu().expand(region.batch, *coefficients.shape[1:])
         box = region.bounding_box()
         lower, upper = [], []
@@ -107,23 +107,30 @@ class GroupDual(Method):
         return Interval(torch.stack(lower).to(device, dtype), torch.stack(upper).to(device, dtype))
 
 
-def one_layer(graph: Graph, max_group_inputs: int) -> OneLayer | None:
-    """The graph's one activation layer with its neurons grouped by the inputs they read, or None when
-    the graph is not of that form (another nonlinear op, a later node reading values before the
-    activation, or a neuron reading more than `max_group_inputs` inputs)."""
+def one_layer(graph: Graph, max_group_inputs: int) -> OneLayer:
+    """The graph's one activation layer with its neurons grouped by the inputs they read; a PluginError
+    naming what does not fit when the graph is not of that form (another nonlinear op, a later node
+    reading values before the activation, a neuron reading more than `max_group_inputs` inputs)."""
+    def refuse(place: str, what: str) -> PluginError:
+        return PluginError(f"group-dual needs one ReLU/LeakyReLU layer with only linear ops around it, whose "
+                           f"neurons each read at most {max_group_inputs} inputs; {what}", path=graph.source or None,
+                           place=place, fix="use alpha-crown or crown for this network")
+
     nonlinear = [i for i, node in enumerate(graph.nodes) if not node.linear]
     if len(nonlinear) != 1 or graph.nodes[nonlinear[0]].op_type not in ACTIVATIONS:
-        return None
+        names = ", ".join(f"{graph.nodes[i].op_type} {graph.nodes[i].name}" for i in nonlinear[:3])
+        raise refuse("nonlinear nodes", f"this network has {len(nonlinear)} ({names}{', ...' * (len(nonlinear) > 3)})")
     position = nonlinear[0]
     activation = graph.nodes[position]
     before = {graph.input_name} | {node.output for node in graph.nodes[:position]}
-    if any(name in before for node in graph.nodes[position + 1:] for name in node.inputs):
-        return None
+    for node in graph.nodes[position + 1:]:
+        if any(name in before for name in node.inputs):
+            raise refuse(f"node {node.name}", "it reads a value from before the activation")
     if graph.output_name in before:
-        return None
+        raise refuse(f"node {activation.name}", "the output does not depend on the activation")
     read = _read_weights(graph.to(F64), position, max_group_inputs)
     if read is None:
-        return None
+        raise refuse(f"node {activation.name}", f"some of its neurons read more than {max_group_inputs} inputs")
     constant, entries = read
     return OneLayer(activation, position, _groups(entries, constant), constant)
 
