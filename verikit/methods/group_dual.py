@@ -262,18 +262,28 @@ def _group_part(group: _Group, act, slopes: torch.Tensor, lower: torch.Tensor, u
     return _Part(group.inputs, vertices, values, -(v * slope) @ group.weights)
 
 
+def _padded(parts: list[_Part], rows: int, n: int):
+    """The parts stacked, padded to the widest group and the most vertices: vertices [G, M, d], values
+    [K, G, M] (+inf where padded), inputs [G, d] (padding reads a spare column n), start [K, G, d]."""
+    width = max((p.inputs.shape[0] for p in parts), default=0)
+    size = max((p.vertices.shape[0] for p in parts), default=1)
+    vertices = torch.zeros(len(parts), size, width, dtype=F64)
+    values = torch.full((rows, len(parts), size), float("inf"), dtype=F64)
+    inputs = torch.full((len(parts), width), n, dtype=torch.long)
+    start = torch.zeros(rows, len(parts), width, dtype=F64)
+    for i, part in enumerate(parts):
+        m, d = part.vertices.shape
+        vertices[i, :m, :d], values[:, i, :m] = part.vertices, part.values
+        inputs[i, :d], start[:, i, :d] = part.inputs, part.start
+    return vertices, values, inputs, start
+
+
 def _ascend(parts: list[_Part], region: Region, offset: torch.Tensor, n: int,
             options: GroupDualOptions) -> torch.Tensor:
     """Adam on the multipliers of every group and row; the best bound per row, less a rounding slack."""
     rows, count = offset.shape[0], len(parts)
-    width, size = max((p.inputs.shape[0] for p in parts), default=0), max((p.vertices.shape[0] for p in parts), default=1)
-    vertices = torch.zeros(count, size, width, dtype=F64)
-    values = torch.full((rows, count, size), float("inf"), dtype=F64)
-    inputs = torch.full((count, width), n, dtype=torch.long)  # padding reads a spare column n
-    start = torch.zeros(rows, count, width, dtype=F64)
-    for i, part in enumerate(parts):
-        m, d = part.vertices.shape
-        vertices[i, :m, :d], values[:, i, :m], inputs[i, :d], start[:, i, :d] = part.vertices, part.values, part.inputs, part.start
+    vertices, values, inputs, start = _padded(parts, rows, n)
+    size = vertices.shape[1]
     multipliers = start.clone()
     scale = float(start.abs().mean()) if count else 1.0
     adam = Adam([multipliers], options.lr * (scale or 1.0), maximize=True)
