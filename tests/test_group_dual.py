@@ -57,6 +57,18 @@ def test_sound_against_milp_and_attacks_and_never_looser_than_crown(tmp_path, se
     assert gained > 0  # tighter than alpha-crown's single-neuron relaxation, over these rows
 
 
+def test_groups_cut_smaller_stay_sound_and_lose_little(tmp_path, monkeypatch):
+    graph = patch_net(tmp_path / "patch.onnx", seed=1)
+    region = random_box(graph, 0.3, 1)
+    row = torch.tensor([1.0, -1.0, 0.0], dtype=F64)
+    whole = float(GroupDual().bound(graph, region, row.reshape(1, 1, -1)).lower)
+    monkeypatch.setattr("verikit.methods.group_dual.MAX_GROUP_NEURONS", 2)  # 4 channels: 2 groups a patch
+    cut = float(GroupDual().bound(graph, region, row.reshape(1, 1, -1)).lower)
+    crown = float(get_method("crown").bound(graph, region, row.reshape(1, 1, -1)).lower)
+    assert crown - 1e-6 <= cut <= whole + 1e-6 and cut <= MILP().minimize(graph, region, row).value + 1e-7
+    assert cut < whole - 1e-6  # the cut groups lose the pairs' joint shape
+
+
 def test_sound_over_an_l2_ball(tmp_path):
     graph = patch_net(tmp_path / "patch.onnx", seed=3)
     center = random_box(graph, 0.0, 3).lower

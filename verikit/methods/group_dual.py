@@ -36,6 +36,7 @@ from verikit.methods.base import Method
 from verikit.region import Region
 
 ACTIVATIONS = ("Relu", "LeakyRelu")
+MAX_GROUP_NEURONS = 32  # a group's neurons: C(neurons + 2 d, d) vertex candidates are solved for
 INPUT_CHUNK = 64  # unit inputs pushed through the layer at once to read its weights
 ENTRIES = 1 << 24  # rows x groups x vertices scored at once: a memory cap
 F64 = torch.float64
@@ -166,7 +167,9 @@ def _read_weights(graph: Graph, position: int, max_group_inputs: int):
 
 
 def _groups(entries, constant: torch.Tensor) -> list[_Group]:
-    """Neurons grouped by the exact set of inputs they read (neurons reading none stay out)."""
+    """Neurons grouped by the exact set of inputs they read (neurons reading none stay out), at most
+    MAX_GROUP_NEURONS a group: more are cut into several groups, each with its own copy of the inputs
+    (still a valid decomposition, only looser), so the vertex candidates stay few."""
     pairs, weights = entries
     order = torch.argsort(pairs[:, 1] * (pairs[:, 0].max() + 1 if len(pairs) else 1) + pairs[:, 0])
     pairs, weights = pairs[order], weights[order]
@@ -179,9 +182,11 @@ def _groups(entries, constant: torch.Tensor) -> list[_Group]:
         start += count
     groups = []
     for inputs, members in by_inputs.items():
-        index = torch.tensor([neuron for neuron, _ in members])
-        groups.append(_Group(torch.tensor(inputs), index, torch.tensor([w for _, w in members], dtype=F64),
-                             constant[index]))
+        for first in range(0, len(members), MAX_GROUP_NEURONS):
+            chunk = members[first:first + MAX_GROUP_NEURONS]
+            index = torch.tensor([neuron for neuron, _ in chunk])
+            groups.append(_Group(torch.tensor(inputs), index, torch.tensor([w for _, w in chunk], dtype=F64),
+                                 constant[index]))
     return groups
 
 
