@@ -65,8 +65,8 @@ class _Group:
 
 @dataclass
 class OneLayer:
-    """A network y = T(act(A x + c)) cut where group-dual needs it: the activation node, the
-    groups of its neurons, and the positions of the nodes before and after it."""
+    """A network y = T(act(A x + c)) cut where group-dual needs it: the activation node, its index in
+    graph.nodes (the nodes before it compute z, those after it T), and the groups of its neurons."""
 
     activation: Node
     position: int
@@ -232,7 +232,7 @@ def _tail(graph: Graph, layout: OneLayer, rows: torch.Tensor) -> tuple[torch.Ten
     after it are affine, so one backward pass from act(z) = 0 reads both."""
     node = layout.activation
     with torch.enable_grad():
-        output = torch.zeros(rows.shape[0], *graph.shapes[node.output][1:], dtype=F64, requires_grad=True)
+        output = torch.zeros(rows.shape[0], *graph.shapes[node.output], dtype=F64, requires_grad=True)
         values = {node.output: output}
         for later in graph.nodes[layout.position + 1:]:
             values[later.output] = later.rule.forward(*(values[name] for name in later.inputs))
