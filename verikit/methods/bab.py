@@ -42,8 +42,8 @@ class BaBOptions:
     largest input dimension split directly (larger inputs go to ReLU splitting, relu_split.py);
     max_domains: a memory cap on the queue. relu_*: ReLU splitting's parents split at once,
     alpha-CROWN steps per bounding (1: plain CROWN), beta-CROWN split multipliers on or off, how much
-    the branching score favours neurons before loose layers (a split re-bounds them; 0: BaBSR's score), queue cap,
-    PGD starts per batch, and rows per backward pass of the intermediate bounds. device: where the
+    the branching score favours neurons before loose layers (a split re-bounds them; 0: BaBSR's
+    score), queue cap, PGD starts per batch, and rows per backward pass of the intermediate bounds. device: where the
     domains are bounded ("cuda" for a GPU; attacks and LP leaves run on the CPU). workers: processes
     that decide pieces of the property at once (input splitting: the open sub-boxes, dealt again
     round after round, `_split_inputs_in_rounds`; ReLU splitting: the regions, or one region's open

@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import itertools
 import time
+import weakref
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -65,13 +66,16 @@ class _Group:
 
 @dataclass
 class OneLayer:
-    """A network y = T(act(A x + c)) cut where group-dual needs it: the activation node, its index in
-    graph.nodes (the nodes before it compute z, those after it T), and the groups of its neurons."""
+    """A network y = T(act(A x + c)) cut where group-dual needs it: the graph in float64, the
+    activation node and its index in graph.nodes (the nodes before it compute z, those after it T),
+    the groups of its neurons, and the neurons that read no input with their constant z."""
 
+    graph: Graph
     activation: Node
     position: int
     groups: list[_Group]
-    constant: torch.Tensor  # [N] z at x = 0: the bias of neurons that read no input
+    alone: torch.Tensor  # [a] flat indices of neurons that read no input
+    constant: torch.Tensor  # [N] z at x = 0
 
 
 class GroupDual(Method):
@@ -81,9 +85,12 @@ class GroupDual(Method):
     Options: ClassVar[type] = GroupDualOptions
     needs = ("forward", "relax")
 
+    def __init__(self):
+        self._last: tuple | None = None  # (weak reference to a graph, max_group_inputs, its OneLayer)
+
     def applies(self, graph: Graph) -> bool:
         try:
-            one_layer(graph, self.default_options().max_group_inputs)
+            self._layout(graph, self.default_options().max_group_inputs)
         except PluginError:
             return False
         return True
@@ -92,20 +99,27 @@ class GroupDual(Method):
               intermediate: dict[str, Interval] | None = None) -> Interval:
         """Bounds [B, K] of `coefficients @ output` over the region (see Method.bound)."""
         options = options or self.default_options()
-        graph64 = graph.to(F64)
-        layout = one_layer(graph, options.max_group_inputs)
+        layout = self._layout(graph, options.max_group_inputs)
         rows = coefficients.to(F64).cpu().expand(region.batch, *coefficients.shape[1:])
         box = region.bounding_box()
         lower, upper = [], []
         for problem in range(region.batch):
             signed = torch.cat([rows[problem], -rows[problem]])
-            found = _bound_problem(graph64, layout, region.select(torch.tensor([problem])).to(F64, "cpu"),
+            found = _bound_problem(layout, region.select(torch.tensor([problem])).to(F64, "cpu"),
                                    box.lower[problem].to(F64).cpu(), box.upper[problem].to(F64).cpu(),
                                    signed, options)
             lower.append(found[: rows.shape[1]])
             upper.append(-found[rows.shape[1]:])
         device, dtype = coefficients.device, coefficients.dtype
         return Interval(torch.stack(lower).to(device, dtype), torch.stack(upper).to(device, dtype))
+
+    def _layout(self, graph: Graph, max_group_inputs: int) -> OneLayer:
+        """one_layer(graph), read once for the graph `verify` asks `applies` about and then bounds."""
+        if self._last is not None and self._last[0]() is graph and self._last[1] == max_group_inputs:
+            return self._last[2]
+        layout = one_layer(graph, max_group_inputs)
+        self._last = (weakref.ref(graph), max_group_inputs, layout)
+        return layout
 
 
 def one_layer(graph: Graph, max_group_inputs: int) -> OneLayer:
@@ -129,11 +143,15 @@ def one_layer(graph: Graph, max_group_inputs: int) -> OneLayer:
             raise refuse(f"node {node.name}", "it reads a value from before the activation")
     if graph.output_name in before:
         raise refuse(f"node {activation.name}", "the output does not depend on the activation")
-    read = _read_weights(graph.to(F64), position, max_group_inputs)
+    graph64 = graph.to(F64)
+    read = _read_weights(graph64, position, max_group_inputs)
     if read is None:
         raise refuse(f"node {activation.name}", f"some of its neurons read more than {max_group_inputs} inputs")
-    constant, entries = read
-    return OneLayer(activation, position, _groups(entries, constant), constant)
+    constant, (pairs, weights) = read
+    alone = torch.ones(len(constant), dtype=torch.bool)
+    alone[pairs[:, 1]] = False
+    return OneLayer(graph64, graph64.nodes[position], position, _groups((pairs, weights), constant),
+                    alone.nonzero()[:, 0], constant)
 
 
 def _prefix(graph: Graph, position: int, x: torch.Tensor) -> torch.Tensor:
@@ -153,7 +171,9 @@ def _read_weights(graph: Graph, position: int, max_group_inputs: int):
         counts = torch.zeros_like(constant, dtype=torch.long)
         found = []
         for start in range(0, n, INPUT_CHUNK):
-            units = torch.eye(n, dtype=F64)[start:start + INPUT_CHUNK]
+            count = min(INPUT_CHUNK, n - start)
+            units = torch.zeros(count, n, dtype=F64)
+            units[torch.arange(count), start + torch.arange(count)] = 1.0
             columns = _prefix(graph, position, units) - constant
             counts += (columns != 0).sum(0)
             if int(counts.max()) > max_group_inputs:
@@ -213,24 +233,22 @@ def _vertices(weights: torch.Tensor, bias: torch.Tensor, lower: torch.Tensor, up
     return torch.maximum(torch.minimum(points[inside], upper), lower)
 
 
-def _bound_problem(graph: Graph, layout: OneLayer, region: Region, lower: torch.Tensor, upper: torch.Tensor,
+def _bound_problem(layout: OneLayer, region: Region, lower: torch.Tensor, upper: torch.Tensor,
                    rows: torch.Tensor, options: GroupDualOptions) -> torch.Tensor:
     """Lower bounds [K] of rows [K, n_out] . output over one problem's region (box: lower, upper)."""
-    slopes, offset = _tail(graph, layout, rows)
+    slopes, offset = _tail(layout, rows)
     act = layout.activation.rule
-    grouped = set(torch.cat([g.neurons for g in layout.groups]).tolist()) if layout.groups else set()
-    alone = torch.tensor([i for i in range(len(layout.constant)) if i not in grouped], dtype=torch.long)
-    with torch.no_grad():
-        offset = offset + slopes[:, alone] @ act.forward(layout.constant[alone])  # neurons reading no input
+    with torch.no_grad():  # neurons reading no input add a constant
+        offset = offset + slopes[:, layout.alone] @ act.forward(layout.constant[layout.alone])
     read = [g for g in layout.groups if bool(slopes[:, g.neurons].any())]  # f_g = 0 for every row: no term
     parts = [_group_part(g, act, slopes, lower[g.inputs], upper[g.inputs]) for g in read]
     return _ascend(parts, region, offset, lower.shape[0], options)
 
 
-def _tail(graph: Graph, layout: OneLayer, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _tail(layout: OneLayer, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The rows' coefficients v [K, N] on the activation's output and their offsets d [K]: the layers
     after it are affine, so one backward pass from act(z) = 0 reads both."""
-    node = layout.activation
+    graph, node = layout.graph, layout.activation
     with torch.enable_grad():
         output = torch.zeros(rows.shape[0], *graph.shapes[node.output], dtype=F64, requires_grad=True)
         values = {node.output: output}
