@@ -46,10 +46,10 @@ class Box:
         return Interval(self.lower, self.upper)
 
     def concretize(self, linear: LinearBound) -> Interval:
-        a = linear.coefficients.flatten(start_dim=2)
-        center, radius = self.center.unsqueeze(1), ((self.upper - self.lower) / 2).unsqueeze(1)
-        mid = (a * center).sum(-1) + linear.bias
-        spread = (a.abs() * radius).sum(-1)
+        a = linear.coefficients.flatten(start_dim=2)  # [B, K, n] against [B, n, 1]: matrix products
+        center, radius = self.center.unsqueeze(-1), ((self.upper - self.lower) / 2).unsqueeze(-1)
+        mid = (a @ center).squeeze(-1) + linear.bias
+        spread = (a.abs() @ radius).squeeze(-1)
         return Interval(mid - spread, mid + spread)
 
     def sample(self, count: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -93,7 +93,7 @@ class LpBall:
     def concretize(self, linear: LinearBound) -> Interval:
         """A x0 + b -/+ radius ||A||_q, tightened by the domain box's own bound where that is smaller."""
         a = linear.coefficients.flatten(start_dim=2)
-        mid = (a * self.center.unsqueeze(1)).sum(-1) + linear.bias
+        mid = (a @ self.center.unsqueeze(-1)).squeeze(-1) + linear.bias
         spread = self.radius.reshape(-1, 1) * torch.linalg.vector_norm(a, ord=dual_norm(self.norm), dim=-1)
         result = Interval(mid - spread, mid + spread)
         if self.domain is not None:

@@ -54,8 +54,13 @@ def zero_bias(coefficients: torch.Tensor, rank: int) -> torch.Tensor:
 
 
 def bias_term(coefficients: torch.Tensor, offset: torch.Tensor, rank: int) -> torch.Tensor:
-    """A . offset for coefficients [B, K, *shape] and an offset broadcastable to shape: [B, K]."""
-    return (coefficients * offset).flatten(start_dim=coefficients.dim() - rank).sum(-1)
+    """A . offset for coefficients [B, K, *shape] and an offset broadcastable to shape: [B, K] (one
+    matrix-vector product: no [B, K, *shape] temporary)."""
+    shape = coefficients.shape[coefficients.dim() - rank:]
+    extra = offset.dim() - rank
+    if extra > 0:  # leading ones beyond the coefficients' rank
+        offset = offset.reshape(offset.shape[extra:])
+    return coefficients.flatten(start_dim=coefficients.dim() - rank) @ torch.broadcast_to(offset, shape).reshape(-1)
 
 
 class ScaleShift(LinearRule):
