@@ -243,3 +243,51 @@ def test_looseness_power_steers_splits_towards_earlier_layers(tmp_path):
                              if layer.offset <= branch < layer.offset + layer.size)
     assert chosen[50.0] == 0 and chosen[-50.0] == 2
     assert chosen[50.0] <= chosen[BaBOptions().relu_looseness_power] <= chosen[0.0]
+
+
+def test_optimised_intermediate_bounds_of_children_hold_and_tighten(tmp_path):
+    # relu_intermediate_steps re-bounds a split's later layers with slopes optimised through them
+    # (beta-CROWN's joint optimisation): each child's bounds still contain every sampled point of its
+    # half of the region, and they are never looser than the plain CROWN re-bounding, tighter somewhere.
+    from verikit.methods.relu_split import _Problem
+
+    graph = load_model(mlp(tmp_path / "d.onnx", "Relu", (12, 12, 12), inputs=5, outputs=3, seed=90))
+    region = box_around(2, 5, 0.5)
+    spec = one_row(graph, region, torch.tensor([1.0, -1.0, 0.0]), 100.0).regions[0]  # open at the root
+    children = {}
+    for steps in (0, 8):
+        problem = _Problem(graph, spec, BaBOptions(max_inputs=2, relu_looseness_power=50.0,
+                                                   relu_intermediate_steps=steps))
+        parents = problem.root().domains
+        layer = problem.layers[0]  # the power puts the first split there
+        assert layer.offset <= int(parents.branch[0]) < layer.offset + layer.size
+        children[steps] = problem._split_and_rebound(parents, layer)
+    neuron = int(parents.branch[0]) - layer.offset
+    points = region.sample(40000, torch.Generator().manual_seed(5))[0].float()
+    with torch.no_grad():
+        samples = graph.forward(points, keep_all=True)
+    split = samples[layer.value].flatten(1)[:, neuron]
+    tighter = 0.0
+    for child, half in enumerate((split >= 0, split <= 0)):  # the active child first, then the inactive
+        assert int(half.sum()) > 200
+        for value in problem.relaxed:
+            plain, tight = (Interval(c[value].lower[child], c[value].upper[child]) for c in (children[0], children[8]))
+            assert tight.contains(samples[value][half].reshape(-1, *tight.lower.shape), 1e-4), value
+            assert bool((tight.lower >= plain.lower - 1e-5).all() and (tight.upper <= plain.upper + 1e-5).all())
+            tighter += float((plain.upper - plain.lower).sum() - (tight.upper - tight.lower).sum())
+    assert tighter > 1e-3
+
+
+def test_optimised_intermediate_bounds_agree_with_milp(tmp_path):
+    exact = milp()
+    graph = load_model(mlp(tmp_path / "n.onnx", "Relu", (12, 12), inputs=5, outputs=3, seed=41))
+    region = box_around(1, 5, 0.4)
+    row = torch.tensor([1.0, -1.0, 0.0], dtype=F64)
+    optimum = exact.minimize(graph, region, row).value
+    options = BaBOptions(max_inputs=2, relu_intermediate_steps=4)
+    for rhs, expected in ((optimum - 0.02, "unsat"), (optimum + 0.02, "sat")):
+        prop = one_row(graph, region, row, rhs)
+        verdict = BranchAndBound().decide(graph, prop, options, time.monotonic() + 20)
+        assert verdict.status == expected, (rhs, verdict)
+        if expected == "sat":
+            assert_confirmed(prop, verdict)

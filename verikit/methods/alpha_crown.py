@@ -166,17 +166,20 @@ def optimize_folded(graph: Graph, region: Region, rows: torch.Tensor, bounds: di
 
 def tighten_intermediate(graph: Graph, region: Region, coefficients: torch.Tensor,
                          bounds: dict[str, Interval], options: AlphaCrownOptions,
+                         known: dict[str, Interval] | None = None, skip_stable: bool = False,
                          ) -> tuple[dict[str, Interval], Interval]:
     """Optimise slopes shared per problem on the sum of both sides of every row, re-bounding every
-    layer at each step; returns the tightest intermediate bounds met and the best row bounds."""
+    layer but the `known` ones at each step (with `skip_stable`, only their neurons that cross 0, as
+    layer_bounds does); returns the tightest intermediate bounds met and the best row bounds."""
     slopes = initial_slopes(graph, bounds)
     best_bounds = dict(bounds)
     rows = coefficients.shape[1]
     coefficients = coefficients.reshape(coefficients.shape[0], rows, *graph.output_shape)
 
     def objective(active: None) -> torch.Tensor:  # every problem at every step (no early stop here)
-        step_bounds = layer_bounds(graph, region, "optimizable", {}, intersect_ibp=options.intersect_ibp,
-                                   batch_rows=options.batch_rows, lower_slopes=slopes, reference=best_bounds)
+        step_bounds = layer_bounds(graph, region, "optimizable", known or {}, intersect_ibp=options.intersect_ibp,
+                                   batch_rows=options.batch_rows, lower_slopes=slopes, reference=best_bounds,
+                                   skip_stable=skip_stable)
         with torch.no_grad():
             best_bounds.update({k: Interval(v.lower.detach(), v.upper.detach()) for k, v in step_bounds.items()})
         found = backward_bound(graph, region, graph.output_name, coefficients, step_bounds, "optimizable",

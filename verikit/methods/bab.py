@@ -41,7 +41,10 @@ class BaBOptions:
     """bound_method: bounds each batch of domains; batch: domains bounded at once; max_inputs: the
     largest input dimension split directly (larger inputs go to ReLU splitting, relu_split.py);
     max_domains: a memory cap on the queue. relu_*: ReLU splitting's parents split at once,
-    alpha-CROWN steps per bounding (1: plain CROWN), beta-CROWN split multipliers on or off, how much
+    alpha-CROWN steps per bounding (1: plain CROWN), Adam steps on slopes shared per child that
+    re-bound the later layers (beta-CROWN's joint optimisation; 0: one plain CROWN pass, the default:
+    on 2 CPU cores it bounds ~3x fewer domains at ~6x the cost each, benchmarks/README.md),
+    beta-CROWN split multipliers on or off, how much
     the branching score favours neurons before loose layers (a split re-bounds them; 0: BaBSR's
     score), queue cap, PGD starts per batch, and rows per backward pass of the intermediate bounds. device: where the
     domains are bounded ("cuda" for a GPU; attacks and LP leaves run on the CPU). workers: processes
@@ -55,6 +58,7 @@ class BaBOptions:
     max_domains: int = 2_000_000
     relu_batch: int = 256
     relu_alpha_steps: int = 20
+    relu_intermediate_steps: int = 0
     relu_beta: bool = True
     relu_looseness_power: float = 2.0
     relu_max_domains: int = 100_000

@@ -4,7 +4,8 @@ A domain is the region plus a set of ReLU phase decisions: {x in region : z_j(x)
 j split active, z_j(x) <= 0 for those split inactive}, with z_j the ReLU's input. A decision is stored
 as a fixed intermediate bound (active: lower = max(lower, 0); inactive: upper = min(upper, 0)), and
 every later layer is re-bounded with all of the domain's bounds kept (backward.layer_bounds'
-`reference`). This is sound for the sub-domain: at every point of it the pre-activations lie inside
+`reference`; with `relu_intermediate_steps`, by slopes optimised through those layers,
+alpha_crown.tighten_intermediate). This is sound for the sub-domain: at every point of it the pre-activations lie inside
 the parent's bounds (the parent contains the domain) and have the decided signs, so they lie inside
 the kept intervals; the relaxations built on those intervals hold at every point of the domain, and
 back-substitution over the whole region (a superset) bounds the outputs on the domain. Splitting a
@@ -193,6 +194,8 @@ class _Problem:
         self.owner = torch.cat([torch.full((c.coefficients.shape[0],), i, device=self.device)
                                 for i, c in enumerate(spec.clauses)])
         self.alpha = AlphaCrownOptions(steps=options.relu_alpha_steps, deadline=deadline)
+        self.intermediate = dataclasses.replace(self.alpha, steps=options.relu_intermediate_steps,
+                                                batch_rows=options.relu_batch_rows)
         self.attack_points, self.batch_rows = options.relu_attack_points, options.relu_batch_rows
         self.beta, self.looseness_power = options.relu_beta, options.relu_looseness_power
         self.relaxed = values_to_relax(self.graph)
@@ -266,6 +269,9 @@ class _Problem:
         with torch.no_grad():
             bounds = layer_bounds(self.graph, region, "adaptive", known, batch_rows=self.batch_rows,
                                   reference=reference, skip_stable=True)
+        if self.intermediate.steps:  # slopes shared per child, optimised through the later layers' bounds
+            rows = self.rows.expand(2 * count, *self.rows.shape)
+            bounds, _ = tighten_intermediate(self.graph, region, rows, bounds, self.intermediate, known, True)
         return {name: bounds[name] for name in self.relaxed}
 
     def _finish(self, bounds: dict[str, Interval], open_clauses: torch.Tensor, region: Region | None = None,
