@@ -120,12 +120,16 @@ def test_l2_ball_and_input_constraints_never_contradict_samples(tmp_path):
                     assert_confirmed(prop, verdict)
 
 
-def test_timeout_and_domain_cap(tmp_path):
-    exact = milp()
+def net_with_optimum(tmp_path):
+    """A 5-12-12-3 ReLU net, a box, the row y0 - y1 and its exact minimum over the box (milp)."""
     graph = load_model(mlp(tmp_path / "t.onnx", "Relu", (12, 12), inputs=5, outputs=3, seed=41))
     region = box_around(1, 5, 0.4)
     row = torch.tensor([1.0, -1.0, 0.0], dtype=F64)
-    optimum = exact.minimize(graph, region, row).value
+    return graph, region, row, milp().minimize(graph, region, row).value
+
+
+def test_timeout_and_domain_cap(tmp_path):
+    graph, region, row, optimum = net_with_optimum(tmp_path)
     crown = float(Crown().bound(graph, region, row.reshape(1, 1, 3).float()).lower)
     hard = one_row(graph, region, row, optimum - 0.05 * (optimum - crown))  # unsat, open at the root
     assert BranchAndBound().decide(graph, hard, OPTIONS, time.monotonic() - 1).status == "timeout"
@@ -279,11 +283,7 @@ def test_optimised_intermediate_bounds_of_children_hold_and_tighten(tmp_path):
 
 
 def test_optimised_intermediate_bounds_agree_with_milp(tmp_path):
-    exact = milp()
-    graph = load_model(mlp(tmp_path / "n.onnx", "Relu", (12, 12), inputs=5, outputs=3, seed=41))
-    region = box_around(1, 5, 0.4)
-    row = torch.tensor([1.0, -1.0, 0.0], dtype=F64)
-    optimum = exact.minimize(graph, region, row).value
+    graph, region, row, optimum = net_with_optimum(tmp_path)
     options = BaBOptions(max_inputs=2, relu_intermediate_steps=4)
     for rhs, expected in ((optimum - 0.02, "unsat"), (optimum + 0.02, "sat")):
         prop = one_row(graph, region, row, rhs)

@@ -27,6 +27,14 @@ def dual_norm(p: float) -> float:
     return {float("inf"): 1.0, 2.0: 2.0, 1.0: float("inf")}[p]
 
 
+def rowwise_dot(a: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """[B, K, n] . [B, n] -> [B, K]: a batched matrix product, except for one or two rows, where a
+    batched dot product is up to 3x faster on the CPU (ReLU splitting folds to one row a problem)."""
+    if a.shape[1] <= 2:
+        return torch.linalg.vecdot(a, v.unsqueeze(1))
+    return (a @ v.unsqueeze(-1)).squeeze(-1)
+
+
 @dataclass(frozen=True)
 class Box:
     """Elementwise bounds lower <= x <= upper, shaped [B, n]."""
@@ -46,10 +54,9 @@ class Box:
         return Interval(self.lower, self.upper)
 
     def concretize(self, linear: LinearBound) -> Interval:
-        a = linear.coefficients.flatten(start_dim=2)  # [B, K, n] against [B, n, 1]: matrix products
-        center, radius = self.center.unsqueeze(-1), ((self.upper - self.lower) / 2).unsqueeze(-1)
-        mid = (a @ center).squeeze(-1) + linear.bias
-        spread = (a.abs() @ radius).squeeze(-1)
+        a = linear.coefficients.flatten(start_dim=2)
+        mid = rowwise_dot(a, self.center) + linear.bias
+        spread = rowwise_dot(a.abs(), (self.upper - self.lower) / 2)
         return Interval(mid - spread, mid + spread)
 
     def sample(self, count: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -93,7 +100,7 @@ class LpBall:
     def concretize(self, linear: LinearBound) -> Interval:
         """A x0 + b -/+ radius ||A||_q, tightened by the domain box's own bound where that is smaller."""
         a = linear.coefficients.flatten(start_dim=2)
-        mid = (a @ self.center.unsqueeze(-1)).squeeze(-1) + linear.bias
+        mid = rowwise_dot(a, self.center) + linear.bias
         spread = self.radius.reshape(-1, 1) * torch.linalg.vector_norm(a, ord=dual_norm(self.norm), dim=-1)
         result = Interval(mid - spread, mid + spread)
         if self.domain is not None:
