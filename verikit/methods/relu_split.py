@@ -22,30 +22,28 @@ beta-CROWN's multipliers on the sign constraints the domain's bounds imply), dro
 empty domains, and tries the points minimising each row's linear bound (inside the region, so any
 violation is a real counterexample) plus a few PGD steps from the most promising ones. A domain with
 every ReLU decided is settled by an LP over its bounds (exact there for piecewise-linear nets); one
-the LP cannot settle makes the answer `unknown` rather than `unsat`.
+the LP cannot settle makes the answer `unknown` rather than `unsat` (both in relu_probes.py).
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import functools
 import time
 from dataclasses import dataclass
 from math import prod
 
-import numpy as np
 import torch
 
 from verikit.bounds import Interval
-from verikit.errors import VerikitError
 from verikit.graph import Graph
 from verikit.methods.alpha_crown import (AlphaCrownOptions, fold, optimize_folded, tighten_each_neuron,
                                         tighten_intermediate)
-from verikit.lp.encode import encode_graph, select_problem
+from verikit.lp.encode import select_problem
 from verikit.methods.bab_pool import decide_jobs, start_pool
+from verikit.methods.relu_probes import attack, solve_leaf
 from verikit.methods.base import Verdict
 from verikit.propagate.backward import layer_bounds, values_to_relax
-from verikit.region import Box, Region
+from verikit.region import Region
 from verikit.spec.property import Property, RegionSpec
 
 SPLIT_OPS = ("Relu", "LeakyRelu")
@@ -288,13 +286,14 @@ class _Problem:
         refuted[domain[margin > 0], self.owner[row[margin > 0]]] = True
         open_clauses = open_clauses & ~refuted
         live = open_clauses[domain, self.owner[row]]  # pairs whose clause is still open
-        candidates = self._attack(record[self.graph.input_name], margin, live)
+        candidates = attack(self.graph64, self.spec, record[self.graph.input_name], margin, live, self.attack_points)
         if not bool(open_clauses.any()):
             return _Outcome(None, 0, candidates)
         best, branch = self._branch_scores(bounds, folded_bounds, record, domain, live, len(open_clauses)).max(1)
         leaves = (open_clauses.any(1) & (best == float("-inf"))).nonzero()[:, 0]
         for leaf in leaves.tolist():
-            still_open, points = self._solve_leaf(bounds, leaf, open_clauses[leaf].cpu())
+            still_open, points = solve_leaf(self.graph64, self.spec, select_problem(bounds, leaf),
+                                            open_clauses[leaf].cpu())
             open_clauses[leaf] = still_open.to(self.device)
             candidates += points
         keep = (open_clauses.any(1) & (best > float("-inf"))).nonzero()[:, 0]
@@ -315,42 +314,6 @@ class _Problem:
         lower = optimize_folded(self.graph, folded_region, rows, folded_bounds, self.alpha, record, signs,
                                 stop_at=self.rhs[row])
         return lower - self.rhs[row], record, folded_bounds
-
-    def _solve_leaf(self, bounds: dict[str, Interval], index: int, open_clauses: torch.Tensor):
-        """A domain with every ReLU decided: with its bounds boxing every value, the LP encoding is
-        exact for piecewise-linear nets (and a sound relaxation otherwise), so one LP per open clause
-        refutes it (infeasible) or gives a candidate point. Returns the clauses left open and the
-        candidates (x, y); regions or ops the LP cannot encode leave the domain open."""
-        try:
-            region = self.spec.region.to(torch.float64)
-            known = {k: Interval(v.lower.double().cpu(), v.upper.double().cpu())
-                     for k, v in select_problem(bounds, index).items()}
-            with torch.no_grad():  # every other value: the interval image of these
-                boxes = layer_bounds(self.graph64, region, "adaptive", known)
-            encoding = encode_graph(self.graph64, region, boxes)
-        except VerikitError:
-            return open_clauses, []
-        outputs = encoding.values[self.graph.output_name].reshape(-1)
-        still_open, candidates = open_clauses.clone(), []
-        for clause_index in open_clauses.nonzero()[:, 0].tolist():
-            clause, model = self.spec.clauses[clause_index], copy.deepcopy(encoding.model)
-            coefficients = clause.coefficients.double().numpy()
-            rhs = clause.rhs.double().numpy()
-            model.add_rows(np.broadcast_to(outputs, coefficients.shape), coefficients, upper=rhs)
-            constraints = self.spec.input_constraints
-            if constraints is not None:
-                a = constraints.coefficients.double().numpy()
-                b = constraints.rhs.double().numpy()
-                model.add_rows(np.broadcast_to(encoding.inputs, a.shape), a, upper=b)
-            solution = model.minimize(model.objective(outputs, coefficients[0]))
-            if solution.status == "infeasible":
-                still_open[clause_index] = False
-            elif solution.x is not None:
-                x = torch.from_numpy(solution.x[encoding.inputs])  # projected: the LP's tolerances
-                x = self.spec.region.to(torch.float64).project(x.reshape(1, 1, -1))[0, 0]
-                with torch.no_grad():
-                    candidates.append((x, self.graph64.forward_flat(x[None])[0]))
-        return still_open, candidates
 
     def _branch_scores(self, bounds, folded_bounds, record, domain, live, count) -> torch.Tensor:
         """[D, neurons]: summed over each domain's open rows, the coefficient on every unstable ReLU's
@@ -382,21 +345,6 @@ class _Problem:
         flat.scatter_reduce_(0, domain * clauses + self.owner[row], margin.detach(), "amax")
         return flat.reshape(count, clauses).masked_fill(~open_clauses, float("inf")).amin(1)
 
-    def _attack(self, input_coefficients, margin, live):
-        """The points minimising each open row's linear bound, then PGD from the lowest-margin ones;
-        returns the best violating (x, y), if any, in a list."""
-        if input_coefficients is None or not bool(live.any()):
-            return []
-        input_coefficients, margin, live = input_coefficients.cpu(), margin.cpu(), live.cpu()
-        points = _maximiser(self.spec.region, input_coefficients.flatten(1)[live].double())
-        worst = margin[live].argsort()[: self.attack_points]
-        points = torch.cat([points, _descend(self.graph64, self.spec, points[worst])])
-        with torch.no_grad():
-            outputs = self.graph64.forward_flat(points)
-            violation = self.spec.violation(points, outputs)
-        best = int(violation.argmin())
-        return [(points[best], outputs[best])] if float(violation[best]) <= 0 else []
-
 
 def _relu_layers(graph: Graph) -> list[_Layer]:
     """Every ReLU / LeakyReLU input value that can be split (not the graph input itself), in order."""
@@ -425,36 +373,3 @@ def _signs(bound: Interval) -> torch.Tensor:
     """+1 where a value is known non-negative, -1 where known non-positive, 0 elsewhere."""
     negative = (bound.upper <= 0) & (bound.lower < 0)
     return (bound.lower >= 0).to(bound.lower.dtype) - negative.to(bound.lower.dtype)
-
-
-def _maximiser(region: Region, coefficients: torch.Tensor) -> torch.Tensor:
-    """Per row p, a point of the (one-problem) region maximising coefficients[p] . x ([P, n] -> [P, n])."""
-    region = region.to(torch.float64)
-    if isinstance(region, Box):
-        return torch.where(coefficients > 0, region.upper, region.lower)
-    radius = region.radius.reshape(-1, 1)
-    if region.norm == float("inf"):
-        step = coefficients.sign()
-    elif region.norm == 2.0:
-        step = coefficients / coefficients.norm(dim=1, keepdim=True).clamp_min(1e-30)
-    else:
-        largest = coefficients.abs().argmax(1, keepdim=True)
-        step = torch.zeros_like(coefficients).scatter_(1, largest, coefficients.gather(1, largest).sign())
-    return region.project((region.center + radius * step).unsqueeze(0))[0]
-
-
-def _descend(graph64: Graph, spec: RegionSpec, starts: torch.Tensor, steps: int = 10) -> torch.Tensor:
-    """A few signed-gradient steps from `starts` ([M, n]) down the spec's violation, kept in the region."""
-    region = spec.region.to(torch.float64)
-    box = region.bounding_box()
-    width = (box.upper - box.lower).reshape(1, -1)
-    x = starts.detach().clone()
-    for step in range(steps):
-        with torch.enable_grad():
-            x.requires_grad_(True)
-            violation = spec.violation(x, graph64.forward_flat(x))
-            (gradient,) = torch.autograd.grad(violation.sum(), x)
-        size = 0.2 * (1 - step / steps) + 0.01  # a fraction of the box width, decaying
-        with torch.no_grad():
-            x = region.project((x - size * width * gradient.sign()).unsqueeze(0))[0]
-    return x.detach()
