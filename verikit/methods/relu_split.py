@@ -50,6 +50,7 @@ SPLIT_OPS = ("Relu", "LeakyRelu")
 DOMAINS_PER_WORKER = 16  # open domains a worker, at least, before the search is shared out ...
 SHARES_PER_WORKER = 4  # ... in this many parts a worker (some finish early: the rest keep workers busy)
 ROOT_SHARE = 0.25  # of the time left, at most, for tightening the root's neurons one by one
+COST_SPREAD = 1.5  # a batch's cost a parent varies with the layers split (up to ~1.4x the last one's)
 F32 = torch.float32
 
 
@@ -156,7 +157,8 @@ def _search(problem: "_Problem", prop: Property, outcome: "_Outcome", options, d
             break
         if share_at is not None and len(queue) >= share_at:
             return queue, stuck
-        fits = (deadline - time.monotonic()) / max(seconds_per_domain, 1e-9)  # parents bounded in the time left
+        # parents bounded in the time left, if they cost COST_SPREAD times the last batch's a parent
+        fits = (deadline - time.monotonic()) / max(COST_SPREAD * seconds_per_domain, 1e-9)
         if fits < 1:
             detail = f"{len(queue)} ReLU domains open after {bounded} bounded"
             return Verdict("timeout", method="bab", detail=detail)
