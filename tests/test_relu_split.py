@@ -291,3 +291,31 @@ def test_optimised_intermediate_bounds_agree_with_milp(tmp_path):
         assert verdict.status == expected, (rhs, verdict)
         if expected == "sat":
             assert_confirmed(prop, verdict)
+
+
+def test_measured_split_costs_steer_splits_away_from_dear_layers(tmp_path):
+    # relu_split_cost divides a neuron's score by its layer's cost a parent (re-bounding the later layers
+    # after a split there, plus bounding the children), as measured during the search: made very dear,
+    # the layer a split would choose loses it; without the option the choice stays.
+    from verikit.methods.relu_split import _Problem, _SplitCosts
+
+    costs = _SplitCosts(3, enabled=True)
+    assert costs.relative() == [1.0, 1.0, 1.0]  # nothing measured yet
+    costs.rebound(0, 3.0), costs.rebound(2, 1.0), costs.finish(1.0)
+    assert costs.relative() == [2.0, 1.0, 1.0]  # layer 1, not yet split, counts as the cheapest
+    assert _SplitCosts(3, enabled=False).relative() == [1.0, 1.0, 1.0]
+
+    graph = load_model(mlp(tmp_path / "d.onnx", "Relu", (12, 12, 12), inputs=5, outputs=3, seed=90))
+    spec = one_row(graph, box_around(2, 5, 0.5), torch.tensor([1.0, -1.0, 0.0]), 100.0).regions[0]
+
+    def first_split_layer(enabled: bool, dear: int | None) -> int:
+        problem = _Problem(graph, spec, BaBOptions(max_inputs=2, relu_split_cost=enabled))
+        for index in range(len(problem.layers)):
+            problem.costs.rebound(index, 1e6 if index == dear else 1e-3)
+        problem.costs.finish(1e-3)
+        branch = int(problem.root().domains.branch[0])
+        return next(i for i, layer in enumerate(problem.layers) if layer.offset <= branch < layer.offset + layer.size)
+
+    chosen = first_split_layer(False, None)
+    assert first_split_layer(False, chosen) == chosen
+    assert first_split_layer(True, chosen) != chosen

@@ -44,13 +44,14 @@ class BaBOptions:
     alpha-CROWN steps per bounding (1: plain CROWN), Adam steps on slopes shared per child that
     re-bound the later layers (beta-CROWN's joint optimisation; 0: one plain CROWN pass, the default:
     on 2 CPU cores it bounds ~3x fewer domains at ~6x the cost each, benchmarks/README.md),
-    beta-CROWN split multipliers on or off, how much
-    the branching score favours neurons before loose layers (a split re-bounds them; 0: BaBSR's
-    score), queue cap, PGD starts per batch, and rows per backward pass of the intermediate bounds. device: where the
-    domains are bounded ("cuda" for a GPU; attacks and LP leaves run on the CPU). workers: processes
-    that decide pieces of the property at once (input splitting: the open sub-boxes, dealt again
-    round after round, `_split_inputs_in_rounds`; ReLU splitting: the regions, or one region's open
-    domains once the search has a few per worker, verikit.methods.bab_pool)."""
+    beta-CROWN split multipliers on or off, how much the branching score favours neurons before
+    loose layers (a split re-bounds them; 0: BaBSR's score), whether the score is divided by each
+    layer's measured cost of a split there (re-bounding included), queue cap, PGD starts per batch,
+    and rows per backward pass of the intermediate bounds. device: where the domains are bounded
+    ("cuda" for a GPU; attacks and LP leaves run on the CPU). workers: processes that decide pieces
+    of the property at once (input splitting: the open sub-boxes, dealt again round after round,
+    `_split_inputs_in_rounds`; ReLU splitting: the regions, or one region's open domains once the
+    search has a few per worker, verikit.methods.bab_pool)."""
 
     bound_method: str = "crown"
     batch: int | None = None  # None: 1024 on the CPU, 16384 on a GPU
@@ -61,6 +62,7 @@ class BaBOptions:
     relu_intermediate_steps: int = 0
     relu_beta: bool = True
     relu_looseness_power: float = 2.0
+    relu_split_cost: bool = True
     relu_max_domains: int = 100_000
     relu_attack_points: int = 16
     relu_batch_rows: int = 65_536

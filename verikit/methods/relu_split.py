@@ -16,7 +16,9 @@ Each step takes the hardest open domains (lowest bound), splits each on the neur
 BaBSR-like score (the backward coefficient on the ReLU's output times the intercept -l u / (u - l) of
 its upper line: how much that line loosens the bound; times (1 + u)^`relu_looseness_power` for each
 ReLU layer after the neuron's, u the share of that layer's neurons unstable in the domain: a split
-re-bounds the later layers, and where they are loose an early split tightens them all), bounds
+re-bounds the later layers, and where they are loose an early split tightens them all; divided by
+the layer's measured seconds a parent, re-bounding and bounding the children, relative to the
+cheapest layer's, as that re-bounding makes early splits dearer), bounds
 the children in one batch (one problem per open clause row: slopes optimised by alpha-CROWN, plus
 beta-CROWN's multipliers on the sign constraints the domain's bounds imply), drops refuted clauses and
 empty domains, and tries the points minimising each row's linear bound (inside the region, so any
@@ -200,6 +202,7 @@ class _Problem:
         self.beta, self.looseness_power = options.relu_beta, options.relu_looseness_power
         self.relaxed = values_to_relax(self.graph)
         self.layers = _relu_layers(self.graph)
+        self.costs = _SplitCosts(len(self.layers), options.relu_split_cost)
         self.positions = {node.output: i for i, node in enumerate(self.graph.nodes)}
 
     def root(self) -> _Outcome:
@@ -238,16 +241,20 @@ class _Problem:
         """Split every parent on its chosen neuron and bound the children (the intermediate bounds
         grouped by the split layer, as the layers before it keep theirs; the rows all at once)."""
         groups, open_clauses = [], []
-        for layer in self.layers:
+        for index, layer in enumerate(self.layers):
             chosen = (parents.branch >= layer.offset) & (parents.branch < layer.offset + layer.size)
             if bool(chosen.any()):
-                group = parents.select(chosen.nonzero()[:, 0])
+                group, started = parents.select(chosen.nonzero()[:, 0]), time.monotonic()
                 groups.append(self._split_and_rebound(group, layer))
+                self.costs.rebound(index, (time.monotonic() - started) / len(group))
                 open_clauses += [group.open, group.open]
         bounds = {name: Interval(torch.cat([g[name].lower for g in groups]),
                                  torch.cat([g[name].upper for g in groups])) for name in self.relaxed}
         region = self.region.select(torch.zeros(2 * len(parents), dtype=torch.long, device=self.device))
-        return self._finish(bounds, torch.cat(open_clauses), region)
+        started = time.monotonic()
+        outcome = self._finish(bounds, torch.cat(open_clauses), region)
+        self.costs.finish((time.monotonic() - started) / len(parents))
+        return outcome
 
     def _split_and_rebound(self, parents: _Domains, layer: _Layer) -> dict[str, Interval]:
         """The bounds of the children of parents that all split a neuron of `layer`: first every
@@ -333,10 +340,10 @@ class _Problem:
             whole = bounds[layer.value]
             stable = ((whole.lower >= 0) | (whole.upper <= 0)).flatten(1).expand(count, -1)
             parts.append(score.masked_fill(stable, float("-inf")))
-        weight = parts[0].new_ones(count, 1)
+        weight, relative_cost = parts[0].new_ones(count, 1), self.costs.relative()
         for index in range(len(parts) - 1, -1, -1):  # from the last layer back: the looseness after each
             unstable_share = torch.isfinite(parts[index]).float().mean(1, keepdim=True)
-            parts[index] = parts[index] * weight
+            parts[index] = parts[index] * weight / relative_cost[index]
             weight = weight * (1 + unstable_share) ** self.looseness_power
         return torch.cat(parts, dim=1)
 
@@ -346,6 +353,34 @@ class _Problem:
         flat = torch.full((count * clauses,), float("-inf"), device=self.device)
         flat.scatter_reduce_(0, domain * clauses + self.owner[row], margin.detach(), "amax")
         return flat.reshape(count, clauses).masked_fill(~open_clauses, float("inf")).amin(1)
+
+
+class _SplitCosts:
+    """Seconds a parent, averaged as the search goes: re-bounding the later layers after a split in
+    each ReLU layer, and bounding the children. A split's score is divided by its layer's share, so an
+    early split (which re-bounds more) must promise more; layers not yet split count as the cheapest
+    measured one (tried, then measured). All ones while `enabled` is False or nothing is measured."""
+
+    def __init__(self, layers: int, enabled: bool, smoothing: float = 0.3):
+        self.seconds: list[float | None] = [None] * layers
+        self.children: float | None = None
+        self.enabled, self.smoothing = enabled, smoothing
+
+    def _average(self, old: float | None, new: float) -> float:
+        return new if old is None else (1 - self.smoothing) * old + self.smoothing * new
+
+    def rebound(self, layer: int, seconds: float) -> None:
+        self.seconds[layer] = self._average(self.seconds[layer], seconds)
+
+    def finish(self, seconds: float) -> None:
+        self.children = self._average(self.children, seconds)
+
+    def relative(self) -> list[float]:
+        measured = [s for s in self.seconds if s is not None]
+        if not self.enabled or not measured or self.children is None:
+            return [1.0] * len(self.seconds)
+        cost = [(s if s is not None else min(measured)) + self.children for s in self.seconds]
+        return [c / min(cost) for c in cost]
 
 
 def _relu_layers(graph: Graph) -> list[_Layer]:
