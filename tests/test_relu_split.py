@@ -275,7 +275,8 @@ def test_optimised_intermediate_bounds_of_children_hold_and_tighten(tmp_path):
     for child, half in enumerate((split >= 0, split <= 0)):  # the active child first, then the inactive
         assert int(half.sum()) > 200
         for value in problem.relaxed:
-            plain, tight = (Interval(c[value].lower[child], c[value].upper[child]) for c in (children[0], children[8]))
+            plain, tight = (Interval(c[value].lower[child], c[value].upper[child])
+                            for c in (children[0], children[8]))
             assert tight.contains(samples[value][half].reshape(-1, *tight.lower.shape), 1e-4), value
             assert bool((tight.lower >= plain.lower - 1e-5).all() and (tight.upper <= plain.upper + 1e-5).all())
             tighter += float((plain.upper - plain.lower).sum() - (tight.upper - tight.lower).sum())
@@ -314,7 +315,8 @@ def test_measured_split_costs_steer_splits_away_from_dear_layers(tmp_path):
             problem.costs.rebound(index, 1e6 if index == dear else 1e-3)
         problem.costs.finish(1e-3)
         branch = int(problem.root().domains.branch[0])
-        return next(i for i, layer in enumerate(problem.layers) if layer.offset <= branch < layer.offset + layer.size)
+        return next(i for i, layer in enumerate(problem.layers)
+                    if layer.offset <= branch < layer.offset + layer.size)
 
     chosen = first_split_layer(False, None)
     assert first_split_layer(False, chosen) == chosen

@@ -60,7 +60,8 @@ def bias_term(coefficients: torch.Tensor, offset: torch.Tensor, rank: int) -> to
     extra = offset.dim() - rank
     if extra > 0:  # leading ones beyond the coefficients' rank
         offset = offset.reshape(offset.shape[extra:])
-    return coefficients.flatten(start_dim=coefficients.dim() - rank) @ torch.broadcast_to(offset, shape).reshape(-1)
+    flat = coefficients.flatten(start_dim=coefficients.dim() - rank)
+    return flat @ torch.broadcast_to(offset, shape).reshape(-1)
 
 
 class ScaleShift(LinearRule):

@@ -177,9 +177,9 @@ def tighten_intermediate(graph: Graph, region: Region, coefficients: torch.Tenso
     coefficients = coefficients.reshape(coefficients.shape[0], rows, *graph.output_shape)
 
     def objective(active: None) -> torch.Tensor:  # every problem at every step (no early stop here)
-        step_bounds = layer_bounds(graph, region, "optimizable", known or {}, intersect_ibp=options.intersect_ibp,
-                                   batch_rows=options.batch_rows, lower_slopes=slopes, reference=best_bounds,
-                                   skip_stable=skip_stable)
+        step_bounds = layer_bounds(graph, region, "optimizable", known or {},
+                                   intersect_ibp=options.intersect_ibp, batch_rows=options.batch_rows,
+                                   lower_slopes=slopes, reference=best_bounds, skip_stable=skip_stable)
         with torch.no_grad():
             best_bounds.update({k: Interval(v.lower.detach(), v.upper.detach()) for k, v in step_bounds.items()})
         found = backward_bound(graph, region, graph.output_name, coefficients, step_bounds, "optimizable",

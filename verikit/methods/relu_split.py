@@ -5,10 +5,11 @@ j split active, z_j(x) <= 0 for those split inactive}, with z_j the ReLU's input
 as a fixed intermediate bound (active: lower = max(lower, 0); inactive: upper = min(upper, 0)), and
 every later layer is re-bounded with all of the domain's bounds kept (backward.layer_bounds'
 `reference`; with `relu_intermediate_steps`, by slopes optimised through those layers,
-alpha_crown.tighten_intermediate). This is sound for the sub-domain: at every point of it the pre-activations lie inside
-the parent's bounds (the parent contains the domain) and have the decided signs, so they lie inside
-the kept intervals; the relaxations built on those intervals hold at every point of the domain, and
-back-substitution over the whole region (a superset) bounds the outputs on the domain. Splitting a
+alpha_crown.tighten_intermediate). This is sound for the sub-domain: at every point of it the
+pre-activations lie inside the parent's bounds (the parent contains the domain) and have the decided
+signs, so they lie inside the kept intervals; the relaxations built on those intervals hold at every
+point of the domain, and back-substitution over the whole region (a superset) bounds the outputs on
+the domain. Splitting a
 neuron cuts a domain into z_j >= 0 and z_j <= 0, which together cover it, so refuting every leaf
 refutes the region. A domain whose kept bounds cross (lower > upper) is empty.
 
@@ -295,7 +296,8 @@ class _Problem:
         refuted[domain[margin > 0], self.owner[row[margin > 0]]] = True
         open_clauses = open_clauses & ~refuted
         live = open_clauses[domain, self.owner[row]]  # pairs whose clause is still open
-        candidates = attack(self.graph64, self.spec, record[self.graph.input_name], margin, live, self.attack_points)
+        candidates = attack(self.graph64, self.spec, record[self.graph.input_name], margin, live,
+                            self.attack_points)
         if not bool(open_clauses.any()):
             return _Outcome(None, 0, candidates)
         best, branch = self._branch_scores(bounds, folded_bounds, record, domain, live, len(open_clauses)).max(1)
