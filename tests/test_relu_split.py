@@ -230,21 +230,30 @@ def test_a_search_shared_out_to_workers_agrees_with_milp(tmp_path, monkeypatch):
     assert_confirmed(one_row(graph, region, row, optimum + 0.002), above)
 
 
+def deep_net_open_at_the_root(tmp_path):
+    """A 5-12-12-12-3 ReLU net and a one-row spec over a box that its root bound leaves open."""
+    graph = load_model(mlp(tmp_path / "d.onnx", "Relu", (12, 12, 12), inputs=5, outputs=3, seed=90))
+    spec = one_row(graph, box_around(2, 5, 0.5), torch.tensor([1.0, -1.0, 0.0]), 100.0).regions[0]
+    return graph, spec
+
+
+def first_split_layer(problem) -> int:
+    """The index of the ReLU layer where the root's first split falls."""
+    branch = int(problem.root().domains.branch[0])
+    return next(i for i, layer in enumerate(problem.layers) if layer.offset <= branch < layer.offset + layer.size)
+
+
 def test_looseness_power_steers_splits_towards_earlier_layers(tmp_path):
     # A split re-bounds every later layer, so relu_looseness_power raises a neuron's score by the share
     # of unstable neurons in each later layer: very high, the first split falls in the first layer;
     # negative, in the last; the default lies between.
     from verikit.methods.relu_split import _Problem
 
-    graph = load_model(mlp(tmp_path / "d.onnx", "Relu", (12, 12, 12), inputs=5, outputs=3, seed=90))
-    region = box_around(2, 5, 0.5)
-    spec = one_row(graph, region, torch.tensor([1.0, -1.0, 0.0]), 100.0).regions[0]  # open at the root
+    graph, spec = deep_net_open_at_the_root(tmp_path)
     chosen = {}
     for power in (-50.0, 0.0, BaBOptions().relu_looseness_power, 50.0):
-        problem = _Problem(graph, spec, BaBOptions(max_inputs=2, relu_looseness_power=power))
-        branch = int(problem.root().domains.branch[0])
-        chosen[power] = next(i for i, layer in enumerate(problem.layers)
-                             if layer.offset <= branch < layer.offset + layer.size)
+        options = BaBOptions(max_inputs=2, relu_looseness_power=power)
+        chosen[power] = first_split_layer(_Problem(graph, spec, options))
     assert chosen[50.0] == 0 and chosen[-50.0] == 2
     assert chosen[50.0] <= chosen[BaBOptions().relu_looseness_power] <= chosen[0.0]
 
@@ -255,9 +264,8 @@ def test_optimised_intermediate_bounds_of_children_hold_and_tighten(tmp_path):
     # half of the region, and they are never looser than the plain CROWN re-bounding, tighter somewhere.
     from verikit.methods.relu_split import _Problem
 
-    graph = load_model(mlp(tmp_path / "d.onnx", "Relu", (12, 12, 12), inputs=5, outputs=3, seed=90))
-    region = box_around(2, 5, 0.5)
-    spec = one_row(graph, region, torch.tensor([1.0, -1.0, 0.0]), 100.0).regions[0]  # open at the root
+    graph, spec = deep_net_open_at_the_root(tmp_path)
+    region = spec.region
     children = {}
     for steps in (0, 8):
         problem = _Problem(graph, spec, BaBOptions(max_inputs=2, relu_looseness_power=50.0,
@@ -306,18 +314,15 @@ def test_measured_split_costs_steer_splits_away_from_dear_layers(tmp_path):
     assert costs.relative() == [2.0, 1.0, 1.0]  # layer 1, not yet split, counts as the cheapest
     assert _SplitCosts(3, enabled=False).relative() == [1.0, 1.0, 1.0]
 
-    graph = load_model(mlp(tmp_path / "d.onnx", "Relu", (12, 12, 12), inputs=5, outputs=3, seed=90))
-    spec = one_row(graph, box_around(2, 5, 0.5), torch.tensor([1.0, -1.0, 0.0]), 100.0).regions[0]
+    graph, spec = deep_net_open_at_the_root(tmp_path)
 
-    def first_split_layer(enabled: bool, dear: int | None) -> int:
+    def split_layer(enabled: bool, dear: int | None) -> int:
         problem = _Problem(graph, spec, BaBOptions(max_inputs=2, relu_split_cost=enabled))
         for index in range(len(problem.layers)):
             problem.costs.rebound(index, 1e6 if index == dear else 1e-3)
         problem.costs.finish(1e-3)
-        branch = int(problem.root().domains.branch[0])
-        return next(i for i, layer in enumerate(problem.layers)
-                    if layer.offset <= branch < layer.offset + layer.size)
+        return first_split_layer(problem)
 
-    chosen = first_split_layer(False, None)
-    assert first_split_layer(False, chosen) == chosen
-    assert first_split_layer(True, chosen) != chosen
+    chosen = split_layer(False, None)
+    assert split_layer(False, chosen) == chosen
+    assert split_layer(True, chosen) != chosen

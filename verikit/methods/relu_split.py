@@ -279,7 +279,8 @@ class _Problem:
                                   reference=reference, skip_stable=True)
         if self.intermediate.steps:  # slopes shared per child, optimised through the later layers' bounds
             rows = self.rows.expand(2 * count, *self.rows.shape)
-            bounds, _ = tighten_intermediate(self.graph, region, rows, bounds, self.intermediate, known, True)
+            bounds, _ = tighten_intermediate(self.graph, region, rows, bounds, self.intermediate, known=known,
+                                             skip_stable=True)
         return {name: bounds[name] for name in self.relaxed}
 
     def _finish(self, bounds: dict[str, Interval], open_clauses: torch.Tensor, region: Region | None = None,
@@ -329,7 +330,8 @@ class _Problem:
     def _branch_scores(self, bounds, folded_bounds, record, domain, live, count) -> torch.Tensor:
         """[D, neurons]: summed over each domain's open rows, the coefficient on every unstable ReLU's
         output times its upper line's intercept -l u / (u - l), times (1 + unstable share)^power of
-        every ReLU layer after the neuron's (a split re-bounds those layers); -inf where stable."""
+        every ReLU layer after the neuron's (a split re-bounds those layers), over its layer's relative
+        cost of a split (self.costs); -inf where stable."""
         parts = []
         for layer in self.layers:
             folded = folded_bounds[layer.value]
