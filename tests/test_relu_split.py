@@ -326,3 +326,19 @@ def test_measured_split_costs_steer_splits_away_from_dear_layers(tmp_path):
     chosen = split_layer(False, None)
     assert split_layer(False, chosen) == chosen
     assert split_layer(True, chosen) != chosen
+
+
+def test_split_costs_wait_for_the_gpu(tmp_path, monkeypatch):
+    # A GPU runs kernels asynchronously: the clock that times a split's cost must wait for them, or
+    # the cost of one batch lands on the next. On the CPU there is nothing to wait for.
+    from verikit.methods.relu_split import _Problem
+
+    graph, spec = deep_net_open_at_the_root(tmp_path)
+    problem = _Problem(graph, spec, BaBOptions(max_inputs=2))
+    waits = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: waits.append(device))
+    problem._clock()
+    assert waits == []
+    problem.device = torch.device("cuda")
+    problem._clock()
+    assert waits == [torch.device("cuda")]

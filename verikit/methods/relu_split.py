@@ -245,17 +245,23 @@ class _Problem:
         for index, layer in enumerate(self.layers):
             chosen = (parents.branch >= layer.offset) & (parents.branch < layer.offset + layer.size)
             if bool(chosen.any()):
-                group, started = parents.select(chosen.nonzero()[:, 0]), time.monotonic()
+                group, started = parents.select(chosen.nonzero()[:, 0]), self._clock()
                 groups.append(self._split_and_rebound(group, layer))
-                self.costs.rebound(index, (time.monotonic() - started) / len(group))
+                self.costs.rebound(index, (self._clock() - started) / len(group))
                 open_clauses += [group.open, group.open]
         bounds = {name: Interval(torch.cat([g[name].lower for g in groups]),
                                  torch.cat([g[name].upper for g in groups])) for name in self.relaxed}
         region = self.region.select(torch.zeros(2 * len(parents), dtype=torch.long, device=self.device))
-        started = time.monotonic()
+        started = self._clock()
         outcome = self._finish(bounds, torch.cat(open_clauses), region)
-        self.costs.finish((time.monotonic() - started) / len(parents))
+        self.costs.finish((self._clock() - started) / len(parents))
         return outcome
+
+    def _clock(self) -> float:
+        """Seconds now, once the device has finished the work queued (a GPU runs it asynchronously)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.monotonic()
 
     def _split_and_rebound(self, parents: _Domains, layer: _Layer) -> dict[str, Interval]:
         """The bounds of the children of parents that all split a neuron of `layer`: first every
