@@ -169,8 +169,20 @@ def test_verify_on_the_cpu_device_explicitly(benchmarks):
     assert result.exit_code == 0 and result.output.strip() == "unsat"
 
 
-def test_verify_workers_option(benchmarks):
-    result = invoke("verify", TEST / "test_tiny.onnx", TEST / "test_tiny.vnnlib", "--workers", "0")
+def test_verify_workers_option(benchmarks, monkeypatch):
+    result = invoke("verify", TEST / "test_tiny.onnx", TEST / "test_tiny.vnnlib", "--workers", "-1")
     assert result.exit_code == 2 and "--workers" in result.output and "Traceback" not in result.output
     result = invoke("verify", TEST / "test_tiny.onnx", TEST / "test_tiny.vnnlib", "--workers", "2", "-q")
     assert result.exit_code == 0 and result.output.strip() == "unsat"
+    # by default (0) one worker a usable core, as a VNN-COMP run of one instance has the whole machine
+    import verikit.methods.bab_pool as bab_pool
+    import verikit.pipeline as pipeline
+
+    assert 1 <= bab_pool.usable_cores() <= (os.cpu_count() or 1)
+    seen, original = [], pipeline.verify
+    monkeypatch.setattr(pipeline, "verify", lambda graph, prop, options, **kw: (
+        seen.append(options.workers), original(graph, prop, options, **kw))[1])
+    monkeypatch.setattr(bab_pool, "usable_cores", lambda: 3)
+    assert invoke("verify", TEST / "test_tiny.onnx", TEST / "test_tiny.vnnlib", "-q").exit_code == 0
+    assert invoke("verify", TEST / "test_tiny.onnx", TEST / "test_tiny.vnnlib", "-q", "--workers", "1").exit_code == 0
+    assert seen == [3, 1]

@@ -116,9 +116,10 @@ def main(threads: int) -> None:
 @click.option("--results", type=click.Path(dir_okay=False), help="Write a VNN-COMP result file here.")
 @click.option("--no-check", is_flag=True, help="Skip comparing the model with onnxruntime at load.")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the verdict.")
-@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
+@click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0),
               help="Processes for branch and bound: the open sub-boxes (input splitting), the "
-                   "spec's regions, or the open domains of ReLU splitting are decided at once.")
+                   "spec's regions, or the open domains of ReLU splitting are decided at once. "
+                   "0: one per CPU core this process may use (1 with --device cuda).")
 @device_option
 @handles_errors
 def verify(model, spec, methods, attack, complete, timeout, results, no_check, quiet, workers, device) -> None:
@@ -137,6 +138,10 @@ def verify(model, spec, methods, attack, complete, timeout, results, no_check, q
     from verikit.pipeline import VerifyOptions, verify as run_verify
 
     use_threads()
+    if workers == 0:
+        from verikit.methods.bab_pool import usable_cores
+
+        workers = 1 if device != "cpu" else usable_cores()
     console = None if quiet else _console()  # rich costs start-up: not loaded for --quiet
     try:
         with (console.status("loading model", spinner="dots") if console else contextlib.nullcontext()) as status:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import multiprocessing
+import os
 from typing import Callable
 
 import torch
@@ -34,6 +35,11 @@ def decide_in_pool(graph: Graph, prop: Property, pieces: list[RegionSpec], split
     jobs = [functools.partial(split, graph, prop, piece, single, deadline) for piece in pieces]
     with start_pool(options.workers) as pool:
         return decide_jobs(pool, jobs, options.workers)
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the system has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def start_pool(workers: int):
