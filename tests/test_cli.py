@@ -185,4 +185,6 @@ def test_verify_workers_option(benchmarks, monkeypatch):
     monkeypatch.setattr(bab_pool, "usable_cores", lambda: 3)
     assert invoke("verify", TEST / "test_tiny.onnx", TEST / "test_tiny.vnnlib", "-q").exit_code == 0
     assert invoke("verify", TEST / "test_tiny.onnx", TEST / "test_tiny.vnnlib", "-q", "--workers", "1").exit_code == 0
-    assert seen == [3, 1]
+    monkeypatch.setattr(bab_pool, "usable_cores", lambda: 64)  # each worker holds a torch: at most 16
+    assert invoke("verify", TEST / "test_tiny.onnx", TEST / "test_tiny.vnnlib", "-q").exit_code == 0
+    assert seen == [3, 1, bab_pool.AUTO_WORKERS_MAX] and bab_pool.default_workers("cuda") == 1

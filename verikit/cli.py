@@ -119,7 +119,7 @@ def main(threads: int) -> None:
 @click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0),
               help="Processes for branch and bound: the open sub-boxes (input splitting), the "
                    "spec's regions, or the open domains of ReLU splitting are decided at once. "
-                   "0: one per CPU core this process may use (1 with --device cuda).")
+                   "0: one per CPU core this process may use, up to 16 (1 with --device cuda).")
 @device_option
 @handles_errors
 def verify(model, spec, methods, attack, complete, timeout, results, no_check, quiet, workers, device) -> None:
@@ -139,9 +139,9 @@ def verify(model, spec, methods, attack, complete, timeout, results, no_check, q
 
     use_threads()
     if workers == 0:
-        from verikit.methods.bab_pool import usable_cores
+        from verikit.methods.bab_pool import default_workers
 
-        workers = 1 if device != "cpu" else usable_cores()
+        workers = default_workers(device)
     console = None if quiet else _console()  # rich costs start-up: not loaded for --quiet
     try:
         with (console.status("loading model", spinner="dots") if console else contextlib.nullcontext()) as status:

@@ -24,6 +24,7 @@ from verikit.region import Box
 from verikit.spec.property import Property, RegionSpec
 
 PIECES_PER_WORKER = 16  # more pieces than workers: some finish early, the others keep every worker busy
+AUTO_WORKERS_MAX = 16  # workers by default, at most (one a core up to this)
 
 Split = Callable[[Graph, Property, RegionSpec, object, float], Verdict]
 
@@ -40,6 +41,12 @@ def decide_in_pool(graph: Graph, prop: Property, pieces: list[RegionSpec], split
 def usable_cores() -> int:
     """CPU cores this process may run on (its affinity mask where the system has one)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def default_workers(device: str) -> int:
+    """Workers when none are asked for: one a usable core, at most AUTO_WORKERS_MAX (each imports its own
+    torch, ~0.25 GB); one on a GPU, which the bounding shares rather than splits."""
+    return 1 if torch.device(device).type != "cpu" else min(usable_cores(), AUTO_WORKERS_MAX)
 
 
 def start_pool(workers: int):
