@@ -209,17 +209,24 @@ def test_without_relus_the_tightened_root_decides_only_what_holds(tmp_path, acti
         assert proved_beyond_crown >= 1
 
 
-def test_a_search_shared_out_to_workers_agrees_with_milp(tmp_path, monkeypatch):
-    """With workers, the open domains are dealt to processes once there are a few (here 2 a worker, so
-    that a small net shares too); the pieces cover the region, so the verdicts match the exact ones."""
-    import verikit.methods.relu_split as relu_split
-
-    monkeypatch.setattr(relu_split, "DOMAINS_PER_WORKER", 2)
-    exact = milp()
+def net_for_workers(tmp_path):
+    """A 6-32-32-3 ReLU net, a box, one row and the row's exact minimum over the box."""
     graph = load_model(mlp(tmp_path / "w.onnx", "Relu", (32, 32), inputs=6, outputs=3, seed=60))
     region = box_around(3, 6, 0.3)
     row = torch.tensor([1.0, -1.0, 0.0], dtype=F64)
-    optimum = exact.minimize(graph, region, row).value
+    return graph, region, row, milp().minimize(graph, region, row).value
+
+
+def test_a_search_shared_out_to_workers_agrees_with_milp(tmp_path, monkeypatch):
+    """With workers, the open domains are dealt to processes once there are a few (here 2 a worker, and
+    at once, so that a small net shares too); the pieces cover the region, so the verdicts match the
+    exact ones."""
+    import verikit.methods.relu_split as relu_split
+
+    monkeypatch.setattr(relu_split, "DOMAINS_PER_WORKER", 2)
+    monkeypatch.setattr(relu_split, "POOL_AFTER", 0.0)
+    monkeypatch.setattr(relu_split, "WORKER_START", 0.0)
+    graph, region, row, optimum = net_for_workers(tmp_path)
     options = BaBOptions(max_inputs=2, workers=2)
     below = BranchAndBound().decide(graph, one_row(graph, region, row, optimum - 0.02), options,
                                     time.monotonic() + 60)
@@ -228,6 +235,21 @@ def test_a_search_shared_out_to_workers_agrees_with_milp(tmp_path, monkeypatch):
                                     time.monotonic() + 60)
     assert above.status == "sat", above
     assert_confirmed(one_row(graph, region, row, optimum + 0.002), above)
+
+
+def test_a_short_search_starts_no_workers(tmp_path, monkeypatch):
+    """Starting workers costs each a torch import: a search that ends within POOL_AFTER seconds stays in
+    this process even when it has domains enough to share."""
+    import verikit.methods.relu_split as relu_split
+
+    monkeypatch.setattr(relu_split, "DOMAINS_PER_WORKER", 2)
+    monkeypatch.setattr(relu_split, "POOL_AFTER", 60.0)
+    started = []
+    monkeypatch.setattr(relu_split, "start_pool", lambda workers: started.append(workers))
+    graph, region, row, optimum = net_for_workers(tmp_path)
+    verdict = BranchAndBound().decide(graph, one_row(graph, region, row, optimum - 0.02),
+                                      BaBOptions(max_inputs=2, workers=2), time.monotonic() + 60)
+    assert verdict.status == "unsat" and "domains bounded" in verdict.detail and started == []
 
 
 def deep_net_open_at_the_root(tmp_path):

@@ -52,6 +52,8 @@ from verikit.spec.property import Property, RegionSpec
 SPLIT_OPS = ("Relu", "LeakyRelu")
 DOMAINS_PER_WORKER = 16  # open domains a worker, at least, before the search is shared out ...
 SHARES_PER_WORKER = 4  # ... in this many parts a worker (some finish early: the rest keep workers busy)
+POOL_AFTER = 2.0  # seconds of search alone before workers start: most searches end sooner, and starting
+WORKER_START = 1.5  # ... costs each worker a torch import (~1.5 s), during which this process searches on
 ROOT_SHARE = 0.25  # of the time left, at most, for tightening the root's neurons one by one
 COST_SPREAD = 1.5  # a batch's cost a parent varies with the layers split (up to ~1.4x the last one's)
 F32 = torch.float32
@@ -111,7 +113,8 @@ class _Outcome:
 def split_relus(graph: Graph, prop: Property, spec: RegionSpec, options, deadline: float) -> Verdict:
     """Decide one region by ReLU splitting (options: BaBOptions' relu_* fields); sat only with a
     counterexample that verify.confirm accepts. With `options.workers` > 1, the open domains are
-    shared out to worker processes once there are a few per worker (bab_pool.py)."""
+    shared out to worker processes once there are a few per worker and the search has gone on alone
+    for POOL_AFTER seconds (bab_pool.py)."""
     from verikit.pipeline import confirm
 
     if any(clause.coefficients.shape[0] == 0 for clause in spec.clauses):  # no row: the whole region is unsafe
@@ -126,8 +129,13 @@ def split_relus(graph: Graph, prop: Property, spec: RegionSpec, options, deadlin
     workers = getattr(options, "workers", 1)
     if workers <= 1:
         return _search(problem, prop, problem.root(), options, deadline)
-    with start_pool(workers) as pool:  # the workers start while this process bounds the root
-        found = _search(problem, prop, problem.root(), options, deadline, share_at=DOMAINS_PER_WORKER * workers)
+    share_at = DOMAINS_PER_WORKER * workers
+    found = _search(problem, prop, problem.root(), options, deadline, share_at, time.monotonic() + POOL_AFTER)
+    if isinstance(found, Verdict):
+        return found
+    with start_pool(workers) as pool:  # the workers import torch while this process searches on
+        found = _search(problem, prop, _Outcome(*found, []), options, deadline, share_at,
+                        time.monotonic() + WORKER_START)
         if isinstance(found, Verdict):
             return found
         queue, stuck = found
@@ -145,9 +153,10 @@ def _continue(graph: Graph, prop: Property, spec: RegionSpec, options, deadline:
 
 
 def _search(problem: "_Problem", prop: Property, outcome: "_Outcome", options, deadline: float,
-            share_at: int | None = None) -> "Verdict | tuple[_Domains, int]":
+            share_at: int | None = None, share_after: float = 0.0) -> "Verdict | tuple[_Domains, int]":
     """The branch-and-bound loop from a first outcome: the verdict, or, once `share_at` domains are
-    open, the open domains and the count of stuck ones (for the caller to share out)."""
+    open and the clock has passed `share_after`, the open domains and the count of stuck ones (for the
+    caller to share out)."""
     from verikit.pipeline import confirm
 
     queue, stuck, bounded, seconds_per_domain = outcome.domains, outcome.stuck, 1, 0.0
@@ -158,7 +167,7 @@ def _search(problem: "_Problem", prop: Property, outcome: "_Outcome", options, d
                 return verdict
         if queue is None or not len(queue):
             break
-        if share_at is not None and len(queue) >= share_at:
+        if share_at is not None and len(queue) >= share_at and time.monotonic() >= share_after:
             return queue, stuck
         # parents bounded in the time left, if they cost COST_SPREAD times the last batch's a parent
         fits = (deadline - time.monotonic()) / max(COST_SPREAD * seconds_per_domain, 1e-9)
