@@ -364,3 +364,23 @@ def test_split_costs_wait_for_the_gpu(tmp_path, monkeypatch):
     problem.device = torch.device("cuda")
     problem._clock()
     assert waits == [torch.device("cuda")]
+
+
+def test_a_resumed_search_sizes_its_first_batch_to_the_deadline(tmp_path, monkeypatch):
+    # A search resumed from open domains (the pool's second phase, a worker's part) keeps the last cost
+    # a parent: with 1 s a parent assumed and 3.5 s left, it bounds 2 parents (3.5 / (1.5 x 1 s)), not
+    # a full batch that would overrun the deadline.
+    from verikit.methods.relu_split import _Outcome, _Problem, _search
+
+    graph, region, row, optimum = net_for_workers(tmp_path)
+    prop = one_row(graph, region, row, optimum - 0.02)
+    options = BaBOptions(max_inputs=2, relu_batch=64)
+    problem = _Problem(graph, prop.regions[0], options)
+    queue, stuck = _search(problem, prop, problem.root(), options, time.monotonic() + 60, share_at=8)
+    assert len(queue) >= 8
+    sizes, bound_children = [], problem.bound_children
+    monkeypatch.setattr(problem, "bound_children", lambda parents: (sizes.append(len(parents)),
+                                                                    bound_children(parents))[1])
+    problem.seconds_per_parent = 1.0
+    _search(problem, prop, _Outcome(queue, stuck, []), options, time.monotonic() + 3.5)
+    assert sizes[0] == 2

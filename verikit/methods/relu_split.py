@@ -140,15 +140,18 @@ def split_relus(graph: Graph, prop: Property, spec: RegionSpec, options, deadlin
             return found
         queue, stuck = found
         single = dataclasses.replace(options, workers=1)
-        jobs = [functools.partial(_continue, graph, prop, spec, single, deadline, piece, stuck if i == 0 else 0)
+        jobs = [functools.partial(_continue, graph, prop, spec, single, deadline, piece, stuck if i == 0 else 0,
+                                  problem.seconds_per_parent)
                 for i, piece in enumerate(queue.deal(SHARES_PER_WORKER * workers))]
         return decide_jobs(pool, jobs, workers)
 
 
 def _continue(graph: Graph, prop: Property, spec: RegionSpec, options, deadline: float, domains: "_Domains",
-              stuck: int) -> Verdict:
-    """A worker's share of a search: decide the given open domains of the region."""
+              stuck: int, seconds_per_parent: float = 0.0) -> Verdict:
+    """A worker's share of a search: decide the given open domains of the region (its first batch sized
+    to the deadline by the sharing search's last cost a parent)."""
     problem = _Problem(graph, spec, options, deadline, getattr(options, "device", "cpu"))
+    problem.seconds_per_parent = seconds_per_parent
     return _search(problem, prop, _Outcome(domains, stuck, []), options, deadline)
 
 
@@ -159,7 +162,7 @@ def _search(problem: "_Problem", prop: Property, outcome: "_Outcome", options, d
     caller to share out)."""
     from verikit.pipeline import confirm
 
-    queue, stuck, bounded, seconds_per_domain = outcome.domains, outcome.stuck, 1, 0.0
+    queue, stuck, bounded = outcome.domains, outcome.stuck, 1
     while True:
         for candidate in outcome.candidates:
             if verdict := confirm(problem.graph64, prop, candidate, "bab"):
@@ -170,7 +173,7 @@ def _search(problem: "_Problem", prop: Property, outcome: "_Outcome", options, d
         if share_at is not None and len(queue) >= share_at and time.monotonic() >= share_after:
             return queue, stuck
         # parents bounded in the time left, if they cost COST_SPREAD times the last batch's a parent
-        fits = (deadline - time.monotonic()) / max(COST_SPREAD * seconds_per_domain, 1e-9)
+        fits = (deadline - time.monotonic()) / max(COST_SPREAD * problem.seconds_per_parent, 1e-9)
         if fits < 1:
             detail = f"{len(queue)} ReLU domains open after {bounded} bounded"
             return Verdict("timeout", method="bab", detail=detail)
@@ -183,7 +186,7 @@ def _search(problem: "_Problem", prop: Property, outcome: "_Outcome", options, d
         parents, queue = queue.select(hardest), queue.select(rest.nonzero()[:, 0])
         outcome = problem.bound_children(parents)
         bounded += 2 * len(parents)
-        seconds_per_domain = (time.monotonic() - started) / len(parents)
+        problem.seconds_per_parent = (time.monotonic() - started) / len(parents)
         stuck += outcome.stuck
         if outcome.domains is not None:
             queue = _Domains.concat([queue, outcome.domains])
@@ -213,6 +216,7 @@ class _Problem:
         self.relaxed = values_to_relax(self.graph)
         self.layers = _relu_layers(self.graph)
         self.costs = _SplitCosts(len(self.layers), options.relu_split_cost)
+        self.seconds_per_parent = 0.0  # the last batch's, which sizes the next to the deadline
         self.positions = {node.output: i for i, node in enumerate(self.graph.nodes)}
 
     def root(self) -> _Outcome:
