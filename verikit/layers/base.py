@@ -149,7 +149,6 @@ class ElementwiseRule(LayerRule):
         lower_slope = flat(relaxation.lower_slope).transpose(1, 2)
         slope_gap = flat(relaxation.upper_slope - relaxation.lower_slope).transpose(1, 2)
         pushed = torch.addcmul(a * lower_slope, positive, slope_gap)
-        bias = (positive @ flat(relaxation.upper_intercept - relaxation.lower_intercept)).squeeze(-1)
-        if bool(relaxation.lower_intercept.any()):  # a ReLU's lower lines pass through the origin: skip
-            bias = bias + (a @ flat(relaxation.lower_intercept)).squeeze(-1)
+        bias = (a @ flat(relaxation.lower_intercept)
+                + positive @ flat(relaxation.upper_intercept - relaxation.lower_intercept)).squeeze(-1)
         return [pushed.reshape(coefficients.shape)], bias
