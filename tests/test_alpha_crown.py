@@ -138,9 +138,10 @@ def test_problems_past_their_stop_leave_the_ascent_without_changing_the_others(n
     early = optimize_folded(graph, folded_region, folded_rows, folded_bounds, options, early_record, stop_at=stop_at)
     stopped = early > stop_at
     assert 0 < int(stopped.sum()) < len(rows)
-    assert torch.equal(early[~stopped], full[~stopped])
+    # the same problems in a batch of another shape: equal up to summation order, not bit for bit
+    assert torch.allclose(early[~stopped], full[~stopped], rtol=1e-9, atol=1e-12)
     for name, coefficients in full_record.items():
-        assert torch.equal(early_record[name][~stopped], coefficients[~stopped]), name
+        assert torch.allclose(early_record[name][~stopped], coefficients[~stopped], rtol=1e-9, atol=1e-12), name
 
 
 def test_a_passed_deadline_stops_after_the_first_sound_step(networks):

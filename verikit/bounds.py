@@ -5,6 +5,8 @@ from dataclasses import dataclass
 
 import torch
 
+FLOAT32_SLACK = 1e-5  # relative rounding a float32 bound computation may be off by, on the values it bounds
+
 
 @dataclass(frozen=True)
 class Interval:
@@ -39,6 +41,11 @@ class Interval:
 
     def to(self, dtype: torch.dtype) -> "Interval":
         return Interval(self.lower.to(dtype), self.upper.to(dtype))
+
+    def widened(self, relative: float = FLOAT32_SLACK) -> "Interval":
+        """Each bound moved outward by relative * (1 + |bound|): where a float32 computation's bounds become
+        hard constraints in float64 (an LP), a point-like interval must not exclude the value it rounds."""
+        return Interval(self.lower - relative * (1 + self.lower.abs()), self.upper + relative * (1 + self.upper.abs()))
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ def evaluate(path: str | Path, graph: Graph, inputs: np.ndarray) -> np.ndarray:
 def check_against_onnxruntime(graph: Graph, path: str | Path, samples: int = 4, seed: int = 0) -> float:
     """Compare the IR forward with onnxruntime on random inputs; a mismatch is a ModelError."""
     generator = torch.Generator().manual_seed(seed)
-    x = torch.rand(samples, graph.input_size, generator=generator) * 2 - 1
+    x = torch.rand(samples, graph.input_size, generator=generator, dtype=torch.float32) * 2 - 1
     with torch.no_grad():
         ours = graph.forward_flat(x).double().numpy()
     reference = evaluate(path, graph, x.numpy())

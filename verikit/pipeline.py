@@ -206,8 +206,14 @@ def _restrict(prop: Property, open_regions: list[_Open]) -> Property:
 
 
 def confirm(graph: Graph, prop: Property, candidate, method: str) -> Verdict | None:
-    """A `sat` verdict if onnxruntime agrees that the candidate input violates the property."""
-    x = _float32_inside(prop, candidate[0].detach().double())
+    """A `sat` verdict if onnxruntime agrees that the candidate input violates the property.
+
+    The rule (README, "Counterexamples"): the reported input x lies in the spec's box exactly, in float64;
+    each coordinate is a float32 value wherever one lies in its interval, and the spec's own value where
+    none does (an input pinned to 0.1, say). The network is run by onnxruntime on float32(x), which differs
+    from x by at most half a float32 ulp, and its output must satisfy the unsafe clause with no tolerance:
+    never weaker than VNN-COMP's check, which allows 1e-4 on both."""
+    x = reported_input(prop, candidate[0].detach().double())
     if graph.source and Path(graph.source).is_file():
         from verikit.onnx_runtime import evaluate
         y = torch.from_numpy(evaluate(graph.source, graph, x.numpy()[None]))[0]
@@ -219,9 +225,10 @@ def confirm(graph: Graph, prop: Property, candidate, method: str) -> Verdict | N
     return Verdict("sat", method=method, counterexample=(x, y))
 
 
-def _float32_inside(prop: Property, x: torch.Tensor) -> torch.Tensor:
-    """Round to float32 (what the network consumes), nudging any coordinate that rounding pushed out
-    of its region's box back inside by one ulp."""
+def reported_input(prop: Property, x: torch.Tensor) -> torch.Tensor:
+    """The counterexample input to report for the float64 candidate x: in the box of the first region
+    holding x, each coordinate rounded to float32 (nudged one ulp back inside where rounding left the
+    box), or kept in float64 where no float32 value lies in its interval (a pinned or sub-ulp input)."""
     x32 = x.float()
     for spec in prop.regions:
         box = spec.region.bounding_box()
@@ -231,5 +238,6 @@ def _float32_inside(prop: Property, x: torch.Tensor) -> torch.Tensor:
             down = torch.nextafter(x32, torch.tensor(-np.inf, dtype=torch.float32))
             x32 = torch.where(x32.double() < lower, up, x32)
             x32 = torch.where(x32.double() > upper, down, x32)
-            break
+            inside = (x32.double() >= lower) & (x32.double() <= upper)
+            return torch.where(inside, x32.double(), x)
     return x32.double()

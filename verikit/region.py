@@ -76,7 +76,8 @@ class Box:
         return Box(self.lower[index], self.upper[index])
 
     def to(self, dtype: torch.dtype, device: str | torch.device = "cpu") -> "Box":
-        return Box(self.lower.to(dtype=dtype, device=device), self.upper.to(dtype=dtype, device=device))
+        """The box in `dtype` on `device`, rounded outward: a lower precision never loses a point of it."""
+        return Box(round_outward(self.lower, dtype, -1).to(device), round_outward(self.upper, dtype, +1).to(device))
 
 
 @dataclass(frozen=True)
@@ -149,12 +150,31 @@ class LpBall:
         return LpBall(self.center[index], self.radius[index], self.norm, domain)
 
     def to(self, dtype: torch.dtype, device: str | torch.device = "cpu") -> "LpBall":
+        """The ball in `dtype` on `device`; where the centre rounds, the radius grows by the distance it
+        moved (and rounds up), so the ball still holds every point of the original."""
         domain = self.domain.to(dtype, device) if self.domain is not None else None
-        return LpBall(self.center.to(dtype=dtype, device=device), self.radius.to(dtype=dtype, device=device),
-                      self.norm, domain)
+        center = self.center.to(dtype)
+        radius = self.radius
+        if center.dtype != self.center.dtype:
+            moved = torch.linalg.vector_norm(center.to(self.center.dtype) - self.center, ord=self.norm, dim=-1)
+            radius = round_outward(radius + moved.reshape(radius.shape), dtype, +1)
+        return LpBall(center.to(device), radius.to(dtype=dtype, device=device), self.norm, domain)
 
 
 Region = Union[Box, LpBall]
+
+
+def round_outward(value: torch.Tensor, dtype: torch.dtype, direction: int) -> torch.Tensor:
+    """`value` in `dtype`, rounded down (direction -1) or up (+1) where the conversion loses precision:
+    a box or radius converted to float32 then still holds its float64 points (pinned inputs included)."""
+    converted = value.to(dtype)
+    if not converted.is_floating_point() or torch.finfo(dtype).bits >= torch.finfo(value.dtype).bits:
+        return converted
+    back = converted.to(value.dtype)
+    target = torch.full_like(converted, direction * float("inf"))
+    moved = torch.nextafter(converted, target)
+    wrong_side = back < value if direction > 0 else back > value
+    return torch.where(wrong_side, moved, converted)
 
 
 def _project_l1(delta: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:

@@ -101,11 +101,13 @@ class BranchAndBound(Method):
 
 @dataclass
 class _Domains:
-    """A stack of sub-boxes [D, n] with the clauses still open in each [D, clauses]."""
+    """A stack of sub-boxes [D, n] with the clauses still open in each [D, clauses], and the count of
+    point-like boxes left open that cannot be halved (`_split`): while any is, the answer is not unsat."""
 
     lower: torch.Tensor
     upper: torch.Tensor
     open: torch.Tensor
+    stuck: int = 0
 
     def __len__(self) -> int:
         return self.lower.shape[0]
@@ -118,13 +120,14 @@ class _Domains:
     def deal(self, count: int) -> list["_Domains"]:
         """At most `count` parts, dealt like cards: the most recently split boxes (the end of the stack,
         where the hard corners are) spread over every part."""
-        return [_Domains(self.lower[i::count], self.upper[i::count], self.open[i::count])
-                for i in range(min(count, len(self)))]
+        return [_Domains(self.lower[i::count], self.upper[i::count], self.open[i::count],
+                         self.stuck if i == 0 else 0) for i in range(min(count, len(self)))]
 
     def push(self, other: "_Domains") -> None:
         self.lower = torch.cat([self.lower, other.lower])
         self.upper = torch.cat([self.upper, other.upper])
         self.open = torch.cat([self.open, other.open])
+        self.stuck += other.stuck
 
 
 def _boxed(spec: RegionSpec) -> bool:
@@ -143,7 +146,8 @@ def _root_box(spec: RegionSpec) -> Box:
 def _split_inputs(graph: Graph, prop: Property, spec: RegionSpec, options: BaBOptions, deadline: float,
                   start: "_Domains | None" = None, until: float | None = None) -> "Verdict | _Domains":
     """Branch and bound over one region's input box, or over the open sub-boxes `start`; with `until`,
-    the sub-boxes still open at that time come back instead of a verdict (for a pool to re-deal)."""
+    the sub-boxes still open at that time (or, at the end, none but the stuck ones' count) come back
+    instead of a verdict (for a pool to re-deal)."""
     from verikit.pipeline import confirm
 
     bounder = _RowBounder(graph, spec, get_method(options.bound_method), options.device)
@@ -175,8 +179,19 @@ def _split_inputs(graph: Graph, prop: Property, spec: RegionSpec, options: BaBOp
         if len(queue) + 2 * len(batch) > options.max_domains:
             return Verdict("unknown", method="bab", detail="domain limit reached")
         sensitivity = sensitivity[alive] if sensitivity is not None else _forward_sensitivity(graph64, spec, batch)
-        queue.push(_split(batch, sensitivity))
-    return Verdict("unsat", method="bab", detail=f"{bounded} domains bounded")
+        children, unsplittable = _split(batch, sensitivity)
+        queue.push(children)
+        queue.stuck += unsplittable
+    if until is not None:
+        return queue
+    return _settled(queue.stuck, f"{bounded} domains bounded")
+
+
+def _settled(stuck: int, detail: str) -> Verdict:
+    """`unsat` once no box is open, unless some point-like box was left neither refuted nor violated."""
+    if stuck:
+        return Verdict("unknown", method="bab", detail=f"{stuck} point-like domains neither refuted nor violated")
+    return Verdict("unsat", method="bab", detail=detail)
 
 
 def _split_inputs_in_rounds(graph: Graph, prop: Property, options: BaBOptions, deadline: float) -> Verdict:
@@ -188,7 +203,7 @@ def _split_inputs_in_rounds(graph: Graph, prop: Property, options: BaBOptions, d
     single, parts = dataclasses.replace(options, workers=1), PIECES_PER_WORKER * options.workers
     open_boxes = {index: _stacked(input_pieces(spec, parts // len(prop.regions)), len(spec.clauses))
                   for index, spec in enumerate(prop.regions)}
-    rounds = 0
+    rounds = stuck = 0
     with start_pool(options.workers) as pool:
         while open_boxes:
             if time.monotonic() >= deadline:
@@ -200,13 +215,17 @@ def _split_inputs_in_rounds(graph: Graph, prop: Property, options: BaBOptions, d
                     for part in boxes.deal(max(1, ROUND_PARTS * options.workers // len(open_boxes)))]
             open_boxes = {}
             for index, result in pool.imap_unordered(run_job, jobs):
+                if isinstance(result, _Domains):
+                    stuck, result.stuck = stuck + result.stuck, 0
+                    if not len(result):
+                        continue
                 if isinstance(result, _Domains) and index in open_boxes:
                     open_boxes[index].push(result)
                 elif isinstance(result, _Domains):
                     open_boxes[index] = result
                 elif result.status != "unsat":  # sat (confirmed in the worker), or a domain limit
                     return result
-    return Verdict("unsat", method="bab", detail=f"input splitting in {options.workers} workers, {rounds} rounds")
+    return _settled(stuck, f"input splitting in {options.workers} workers, {rounds} rounds")
 
 
 def _round_part(graph: Graph, prop: Property, index: int, options: BaBOptions, deadline: float,
@@ -244,7 +263,8 @@ class _RowBounder:
     def refute(self, domains: "_Domains") -> tuple[torch.Tensor, torch.Tensor | None]:
         """[D, clauses] refuted flags, and [D, n] split sensitivities (None without the engine), on the
         CPU; the bounds themselves are computed on the bounder's device."""
-        lower, upper = (t.to(device=self.device, dtype=torch.float32) for t in (domains.lower, domains.upper))
+        box = Box(domains.lower, domains.upper).to(torch.float32, self.device)  # rounded outward
+        lower, upper = box.lower, box.upper
         if self.mode is None:
             bound = self.method.bound(self.graph, Box(lower, upper), self.rows, _wide_batches(self.method)).lower
             return self._refuted(bound.detach() - self.rhs).cpu(), None
@@ -274,7 +294,8 @@ class _RowBounder:
 
         center = ((lower + upper) / 2).requires_grad_(True)
         radius = (upper - lower) / 2
-        bound = compute_bounds(self.graph, Box(center - radius, center + radius), self.rows, self.mode,
+        box = Box(torch.minimum(center - radius, lower), torch.maximum(center + radius, upper))  # float32 rounding
+        bound = compute_bounds(self.graph, box, self.rows, self.mode,
                                intermediate=intermediate, batch_rows=1 << 30, sides="lower").lower - self.rhs
         refuted = self._refuted(bound.detach())
         promising = self._best_rows(bound)
@@ -368,17 +389,25 @@ def _forward_sensitivity(graph64: Graph, spec: RegionSpec, domains: _Domains) ->
     return gradient.abs()
 
 
-def _split(domains: _Domains, sensitivity: torch.Tensor) -> _Domains:
-    """Halve every domain along the input with the largest sensitivity x width."""
+def _split(domains: _Domains, sensitivity: torch.Tensor) -> tuple[_Domains, int]:
+    """Halve every domain along the input with the largest sensitivity x width; also the count of
+    domains with no input left to halve (every width zero or one float apart, as pinned inputs are):
+    a bound that cannot refute such a point-like domain never will, so it stays open."""
     width = domains.upper - domains.lower
     dimension = (sensitivity * width + 1e-9 * width).argmax(1)  # the widest input where all are flat
     index = torch.arange(len(domains))
     middle = (domains.lower[index, dimension] + domains.upper[index, dimension]) / 2
+    splittable = (middle > domains.lower[index, dimension]) & (middle < domains.upper[index, dimension])
+    if not bool(splittable.all()):
+        keep = splittable.nonzero()[:, 0]
+        children, _ = _split(_Domains(domains.lower[keep], domains.upper[keep], domains.open[keep]),
+                             sensitivity[keep])
+        return children, int((~splittable).sum())
     left_upper, right_lower = domains.upper.clone(), domains.lower.clone()
     left_upper[index, dimension] = middle
     right_lower[index, dimension] = middle
     return _Domains(torch.cat([domains.lower, right_lower]), torch.cat([left_upper, domains.upper]),
-                    torch.cat([domains.open, domains.open]))
+                    torch.cat([domains.open, domains.open])), 0
 
 
 @hookimpl

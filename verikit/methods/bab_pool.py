@@ -74,7 +74,7 @@ def input_pieces(spec: RegionSpec, count: int) -> list[RegionSpec]:
     """The region's box bisected along its widest input until there are at least `count` pieces."""
     box = spec.region.bounding_box()
     lower, upper = box.lower.double(), box.upper.double()
-    while lower.shape[0] < count:
+    while lower.shape[0] < count and bool((upper - lower).gt(0).any()):  # a point is one piece
         widest = (upper - lower).argmax(1)
         rows = torch.arange(lower.shape[0])
         middle = (lower[rows, widest] + upper[rows, widest]) / 2

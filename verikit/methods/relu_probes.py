@@ -21,11 +21,13 @@ def solve_leaf(graph64: Graph, spec: RegionSpec, bounds: dict[str, Interval], op
                ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
     """A domain with every ReLU decided (`bounds`: its own, one problem): with its bounds boxing every
     value, the LP encoding is exact for piecewise-linear nets (and a sound relaxation otherwise), so
-    one LP per open clause refutes it (infeasible) or gives a candidate point. Returns the clauses
+    one LP per open clause refutes it (infeasible) or gives a candidate point. The bounds, computed in
+    float32, are widened by their rounding first, or a pinned input's neurons could exclude their own
+    float64 values and make the LP falsely infeasible. Returns the clauses
     left open and the candidates (x, y); regions or ops the LP cannot encode leave the domain open."""
     try:
         region = spec.region.to(torch.float64)
-        known = {k: Interval(v.lower.double().cpu(), v.upper.double().cpu()) for k, v in bounds.items()}
+        known = {k: v.to(torch.float64).widened() for k, v in bounds.items()}  # computed in float32
         with torch.no_grad():  # every other value: the interval image of these
             boxes = layer_bounds(graph64, region, "adaptive", known)
         encoding = encode_graph(graph64, region, boxes)

@@ -423,8 +423,8 @@ def _feasible(bounds: dict[str, Interval], names: list[str]) -> torch.Tensor:
     """[D]: False where some kept interval is empty (lower above upper beyond rounding): no point there."""
     feasible = None
     for name in names:
-        gap = (bounds[name].lower - bounds[name].upper).flatten(1)
-        empty = (gap > 1e-5 * (1 + bounds[name].upper.abs().flatten(1))).any(1)
+        widened = bounds[name].widened()
+        empty = (widened.lower > widened.upper).flatten(1).any(1)
         feasible = ~empty if feasible is None else feasible & ~empty
     return feasible
 
