@@ -12,7 +12,6 @@ from conftest import BENCHMARKS
 from netgen import mlp
 from verikit.api import load_model, load_spec
 from verikit.methods.bab import BaBOptions, BranchAndBound
-from verikit.methods.bab_pool import input_pieces
 from verikit.region import Box
 from verikit.spec.property import OutputClause, Property, RegionSpec
 
@@ -87,18 +86,10 @@ def test_input_splitting_without_forward_mode(tmp_path):
     assert below.status == "sat" and float(below.counterexample[1][0]) >= top - 0.05
 
 
-def test_input_pieces_cover_the_box_exactly():
-    lower, upper = torch.tensor([[0.0, -1.0, 2.0]]), torch.tensor([[1.0, 3.0, 2.5]])
-    spec = RegionSpec(Box(lower.double(), upper.double()), ())
-    pieces = input_pieces(spec, 6)
-    assert len(pieces) >= 6
-    volumes = [float((p.region.upper - p.region.lower).prod()) for p in pieces]
-    assert sum(volumes) == pytest.approx(float((upper - lower).prod()))
-    for piece in pieces:
-        assert bool((piece.region.lower >= lower).all() and (piece.region.upper <= upper).all())
+def test_a_pool_of_workers_agrees_with_one_process(tmp_path, monkeypatch):
+    import verikit.methods.bab as bab
 
-
-def test_a_pool_of_workers_agrees_with_one_process(tmp_path):
+    monkeypatch.setattr(bab, "POOL_AFTER", 0.0)  # to the pool at once (a small net is decided alone in 2 s)
     graph = load_model(mlp(tmp_path / "net.onnx", "Relu", widths=(12, 12), inputs=2, outputs=2, seed=1))
     above = _assert_agrees_with_brute_force(graph, BaBOptions(batch=64, workers=2))
     assert "in 2 workers" in above.detail
@@ -109,6 +100,7 @@ def test_open_boxes_dealt_again_round_after_round_agree_with_one_process(tmp_pat
     import verikit.methods.bab as bab
 
     monkeypatch.setattr(bab, "PART_SECONDS", 0.0)
+    monkeypatch.setattr(bab, "POOL_AFTER", 0.0)
     graph = load_model(mlp(tmp_path / "net.onnx", "Relu", widths=(12, 12), inputs=2, outputs=2, seed=1))
     for margin in (0.005, -0.02):  # just above the grid maximum: a few rounds; below it: a real point
         prop = _threshold_property(graph, _grid_max(graph) + margin)

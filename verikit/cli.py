@@ -120,9 +120,13 @@ def main(threads: int) -> None:
               help="Processes for branch and bound: the open sub-boxes (input splitting), the "
                    "spec's regions, or the open domains of ReLU splitting are decided at once. "
                    "0: one per CPU core this process may use, up to 16 (1 with --device cuda).")
+@click.option("--seed", default=0, show_default=True, type=int,
+              help="Seed of the attacks' random starts: the same seed repeats the same search (up to where "
+                   "the timeout cuts it).")
 @device_option
 @handles_errors
-def verify(model, spec, methods, attack, complete, timeout, results, no_check, quiet, workers, device) -> None:
+def verify(model, spec, methods, attack, complete, timeout, results, no_check, quiet, workers, seed,
+           device) -> None:
     """Decide whether SPEC (VNN-LIB or YAML, describing the UNSAFE set) holds for the ONNX MODEL.
 
     Prints `unsat` (the property holds), `sat` (with a counterexample re-checked by onnxruntime),
@@ -150,7 +154,7 @@ def verify(model, spec, methods, attack, complete, timeout, results, no_check, q
             options = VerifyOptions(timeout=timeout, methods=tuple(methods) or None,
                                     attack=None if attack == "none" else attack,
                                     complete=None if complete == "none" else complete, device=device,
-                                    workers=workers)
+                                    workers=workers, seed=seed)
             update = (lambda stage: status.update(f"{Path(model).name}: {stage}")) if console else None
             verdict = run_verify(graph, prop, options, progress=update)
     except VerikitError:

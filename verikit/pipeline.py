@@ -13,16 +13,20 @@ from typing import Callable
 import numpy as np
 import torch
 
+from verikit.deadline import DeadlineReached, until
 from verikit.graph import Graph
 from verikit.methods.base import Verdict
 from verikit.plugins import get_method, registry
 from verikit.spec.property import Property, RegionSpec
 
 DEFAULT_BOUND_ORDER = ("ibp", "crown", "alpha-crown", "group-dual")  # each only where it applies
-STRONG_ATTACK = {"restarts": 4096, "max_points": 4096, "steps": 50, "seed": 1}
-FIRST_ATTACK_SECONDS = 1.0  # at most, for the quick attack before any bound (a conv net's restarts are slow)
-STRONG_ATTACK_SHARE = 0.15  # of the time left when the bounds have not decided
-STRONG_ATTACK_STEP_SECONDS = 0.025  # one step over all starts: ~4096 starts on ACAS Xu, 256 on a conv net
+CHEAP_BOUNDS = ("ibp", "fast-lin", "crown", "cnn-cert")  # one pass each; the others iterate
+STRONG_ATTACK = {"restarts": 4096, "max_points": 4096, "steps": 50, "rounds": 1000}  # rounds: to its deadline
+FIRST_ATTACK_SHARE = 0.02  # of the timeout (at least 1 s), at most, for the quick attack before any bound
+STRONG_ATTACK_SHARE = 0.15  # of the time left, for the attack with more restarts
+ITERATED_COST = 20  # an iterative bound method costs about this many cheap passes (alpha-crown's steps) ...
+SLOW_SHARE = 0.1  # ... and where that is above this share of the time left, the strong attack goes first
+BOUND_SHARE = 0.5  # of the time left, at most, for one iterative bound method when a complete one follows
 DEFAULT_COMPLETE = "bab"
 LOW_DIMENSIONAL = 16  # inputs: the complete method splits the input box, which beats alpha-crown's slopes
 FIRST_SLICE_SHARE = 0.1  # of the time, for the complete method before the strong attack on such inputs
@@ -33,7 +37,9 @@ class VerifyOptions:
     """timeout: seconds for the whole instance; methods: bound methods to try in order (None: the
     registered ones of DEFAULT_BOUND_ORDER); attack / complete: method names or None to skip;
     device: where the bound methods (and the complete method, where it can) compute ("cuda");
-    workers: processes the complete method may use (bab: pieces of the property)."""
+    workers: processes the complete method may use (bab: pieces of the property); seed: of the
+    attacks' starts and of torch's generator during the call (the same seed, the same search, up to
+    where the deadline cuts it)."""
 
     timeout: float = 60.0
     methods: tuple[str, ...] | None = None
@@ -42,6 +48,7 @@ class VerifyOptions:
     input_tolerance: float = 0.0
     device: str = "cpu"
     workers: int = 1
+    seed: int = 0
 
 
 @dataclass
@@ -70,50 +77,105 @@ def complete_method(options: VerifyOptions) -> str | None:
 
 def verify(graph: Graph, prop: Property, options: VerifyOptions | None = None,
            progress: Callable[[str], None] | None = None) -> Verdict:
-    """Decide the property on the graph within options.timeout seconds."""
+    """Decide the property on the graph within options.timeout seconds. The deadline holds inside
+    long computations too (verikit.deadline): a pass it cuts short ends the call with `timeout`."""
     options = options or VerifyOptions()
-    say = progress or (lambda _stage: None)
     start = time.monotonic()
-    deadline = start + options.timeout
-    methods = [get_method(name) for name in bound_methods(options)]  # unknown names fail before work
-    finish = lambda v: _stamp(v, start)  # noqa: E731
-    complete = complete_method(options)
-    low_dimensional = complete is not None and options.methods is None and prop.n_inputs <= LOW_DIMENSIONAL
-    if low_dimensional:
-        methods = [m for m in methods if m.name != "alpha-crown"]
-    if options.methods is None:  # the default order: only the methods this graph suits
-        methods = [m for m in methods if m.applies(graph)]
+    schedule = _Schedule(graph, prop, options, progress or (lambda _stage: None), start)
+    with torch.random.fork_rng(devices=[]), until(schedule.deadline):  # the caller's generator is left as it was
+        torch.manual_seed(options.seed)
+        try:
+            verdict = schedule.run()
+        except DeadlineReached:
+            verdict = Verdict("timeout", detail="deadline reached while bounding")
+    return _stamp(verdict, start)
 
-    if options.attack:
-        say(f"attack ({options.attack})")
-        verdict = _attack(graph, prop, options.attack, min(deadline, start + FIRST_ATTACK_SECONDS))
+
+class _Schedule:
+    """One verify call's plan: the quick attack, bound methods from cheap to strong (the strong attack
+    before the iterative ones where those would take much of the time), then the complete method."""
+
+    def __init__(self, graph: Graph, prop: Property, options: VerifyOptions, say: Callable[[str], None],
+                 start: float):
+        self.graph, self.prop, self.options, self.say = graph, prop, options, say
+        self.start, self.deadline = start, start + options.timeout
+        methods = [get_method(name) for name in bound_methods(options)]  # unknown names fail before work
+        self.complete = complete_method(options)
+        self.low_dimensional = (self.complete is not None and options.methods is None
+                                and prop.n_inputs <= LOW_DIMENSIONAL)
+        if self.low_dimensional:
+            methods = [m for m in methods if m.name != "alpha-crown"]
+        if options.methods is None:  # the default order: only the methods this graph suits
+            methods = [m for m in methods if m.applies(graph)]
+        self.methods = methods
+        self.strong_done = False
+        self.cheap_seconds = 0.0  # spent in one-pass bound methods: the unit of an iterative one's cost
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def run(self) -> Verdict:
+        options = self.options
+        if options.attack:
+            self.say(f"attack ({options.attack})")
+            quick = self.start + max(1.0, FIRST_ATTACK_SHARE * options.timeout)
+            verdict = _attack(self.graph, self.prop, options.attack, min(self.deadline, quick), seed=options.seed)
+            if verdict is not None:
+                return verdict
+        open_regions = [_Open(i, list(range(len(spec.clauses)))) for i, spec in enumerate(self.prop.regions)]
+        for method in self.methods:
+            if self.left() <= 0:
+                return Verdict("timeout", detail="deadline reached while bounding")
+            if method.name not in CHEAP_BOUNDS and self._bounds_are_slow():
+                verdict = self._strong_attack(open_regions)
+                if verdict is not None:
+                    return verdict
+            self.say(f"bounds ({method.name})")
+            started = time.monotonic()
+            share = BOUND_SHARE if self.complete is not None else 1.0
+            method_deadline = min(self.deadline, started + share * self.left())
+            outcome = _refute(self.graph, self.prop, method, open_regions, options.device, method_deadline)
+            if method.name in CHEAP_BOUNDS:
+                self.cheap_seconds += time.monotonic() - started
+            if isinstance(outcome, Verdict):
+                return outcome
+            open_regions = outcome
+            if not open_regions:
+                return Verdict("unsat", method=method.name)
+        return self._complete_phase(open_regions)
+
+    def _bounds_are_slow(self) -> bool:
+        """Whether an iterative bound method would take much of the time left, judged by the one-pass
+        methods' measured cost: then the strong attack runs before it (a large conv net)."""
+        return not self.strong_done and ITERATED_COST * self.cheap_seconds > SLOW_SHARE * self.left()
+
+    def _strong_attack(self, open_regions: list[_Open]) -> Verdict | None:
+        self.strong_done = True
+        if not self.options.attack or self.left() <= 0:
+            return None
+        self.say(f"attack ({self.options.attack}, more restarts)")
+        strong_deadline = time.monotonic() + STRONG_ATTACK_SHARE * self.left()
+        return _attack(self.graph, _restrict(self.prop, open_regions), self.options.attack, strong_deadline,
+                       strong=True, seed=self.options.seed + 1)
+
+    def _complete_phase(self, open_regions: list[_Open]) -> Verdict:
+        options, complete = self.options, self.complete
+        if self.low_dimensional:  # input splitting decides most such properties in a second or two
+            self.say(f"complete ({complete}, first slice)")
+            first_deadline = time.monotonic() + FIRST_SLICE_SHARE * (self.deadline - self.start)
+            verdict = _complete(self.graph, self.prop, open_regions, complete, min(first_deadline, self.deadline),
+                                options.device)
+            if verdict.status in ("sat", "unsat") or self.left() <= 0:
+                return verdict
+        verdict = self._strong_attack(open_regions) if not self.strong_done else None
         if verdict is not None:
-            return finish(verdict)
-    open_regions = [_Open(i, list(range(len(spec.clauses)))) for i, spec in enumerate(prop.regions)]
-    for method in methods:
-        if time.monotonic() >= deadline:
-            return finish(Verdict("timeout", detail="deadline reached while bounding"))
-        say(f"bounds ({method.name})")
-        open_regions = _refute(graph, prop, method, open_regions, options.device, deadline)
-        if not open_regions:
-            return finish(Verdict("unsat", method=method.name))
-    if low_dimensional:  # input splitting decides most such properties in a second or two
-        say(f"complete ({complete}, first slice)")
-        first_deadline = time.monotonic() + FIRST_SLICE_SHARE * (deadline - start)
-        verdict = _complete(graph, prop, open_regions, complete, min(first_deadline, deadline), options.device)
-        if verdict.status in ("sat", "unsat") or time.monotonic() >= deadline:
-            return finish(verdict)
-    if options.attack and time.monotonic() < deadline:
-        say(f"attack ({options.attack}, more restarts)")
-        strong_deadline = time.monotonic() + STRONG_ATTACK_SHARE * (deadline - time.monotonic())
-        verdict = _attack(graph, _restrict(prop, open_regions), options.attack, strong_deadline, strong=True)
-        if verdict is not None:
-            return finish(verdict)
-    if complete is not None and time.monotonic() < deadline:
-        say(f"complete ({complete})")
-        return finish(_complete(graph, prop, open_regions, complete, deadline, options.device, options.workers))
-    status = "timeout" if time.monotonic() >= deadline else "unknown"
-    return finish(Verdict(status, detail=f"{sum(len(o.clauses) for o in open_regions)} clause(s) not refuted"))
+            return verdict
+        if complete is not None and self.left() > 0:
+            self.say(f"complete ({complete})")
+            return _complete(self.graph, self.prop, open_regions, complete, self.deadline, options.device,
+                             options.workers)
+        status = "timeout" if self.left() <= 0 else "unknown"
+        return Verdict(status, detail=f"{sum(len(o.clauses) for o in open_regions)} clause(s) not refuted")
 
 
 def _complete(graph: Graph, prop: Property, open_regions: list[_Open], name: str, deadline: float,
@@ -140,41 +202,25 @@ def _stamp(verdict: Verdict, start: float) -> Verdict:
     return verdict
 
 
-def _attack(graph: Graph, prop: Property, name: str, deadline: float, strong: bool = False) -> Verdict | None:
+def _attack(graph: Graph, prop: Property, name: str, deadline: float, strong: bool = False,
+            seed: int = 0) -> Verdict | None:
     """Run the attack method; `strong`: a second round with many more restarts (rare counterexamples
-    need thousands of starts) and another seed, when the method's options have those fields."""
+    need thousands of starts), in rounds of fresh starts until its deadline, where the method's options
+    have those fields (the attack sizes its batch of starts to the net's measured cost)."""
     method = get_method(name)
-    options = method.default_options()
+    options = _options_with(method, seed=seed)
     if strong:
-        changes = {key: value for key, value in STRONG_ATTACK.items() if hasattr(options, key)}
-        if "max_points" in changes:  # thousands of starts suit small nets; scale down for costly ones
-            points = int(STRONG_ATTACK_STEP_SECONDS / _seconds_per_point(graph, prop.n_inputs))
-            changes["restarts"] = changes["max_points"] = max(256, min(STRONG_ATTACK["max_points"], points))
-        options = dataclasses.replace(options, **changes)
+        options = _options_with(method, seed=seed, **STRONG_ATTACK)
     found = method.attack(graph, prop, options, deadline)
     return confirm(graph, prop, found, name) if found is not None else None
 
 
-def _seconds_per_point(graph: Graph, inputs: int) -> float:
-    """Measured seconds of one float64 forward and backward pass per input point (weight counts
-    misjudge convolutions, whose weights are reused at every position): 16 points, then 512 where
-    those were too quick to time (small nets, where per-call overhead would dominate)."""
-    graph64 = graph.to(torch.float64)
-    for points in (16, 512):
-        x = torch.rand(points, inputs, dtype=torch.float64, requires_grad=True)
-        started = time.perf_counter()
-        torch.autograd.grad(graph64.forward_flat(x).sum(), x)
-        seconds = time.perf_counter() - started
-        if seconds > 0.05:
-            break
-    return max(1e-9, seconds / points)
-
-
 def _refute(graph: Graph, prop: Property, method, open_regions: list[_Open], device: str = "cpu",
-            deadline: float | None = None) -> list[_Open]:
+            deadline: float | None = None) -> list[_Open] | Verdict:
     """Bound each open region's clause rows with `method` (computing on `device`, which the bound
     methods follow from the region, and stopping iterative work at `deadline` where the method's
-    options have one); keep the clauses no row refutes."""
+    options have one); keep the clauses no row refutes. A clause whose every row's upper bound is at
+    most 0 holds at every point of the region: its centre is confirmed and returned as `sat`."""
     options = _options_with(method, deadline=deadline)
     still_open = []
     for item in open_regions:
@@ -183,16 +229,33 @@ def _refute(graph: Graph, prop: Property, method, open_regions: list[_Open], dev
         rows = torch.cat([c.coefficients for c in clauses]).unsqueeze(0)
         rhs = torch.cat([c.rhs for c in clauses])
         region = spec.region.to(torch.float32, device)
-        lower = method.bound(graph, region, rows.float().to(device), options).lower[0].double().cpu() - rhs
+        bound = method.bound(graph, region, rows.float().to(device), options)
+        lower, upper = (side[0].double().cpu() - rhs for side in (bound.lower, bound.upper))
         kept, offset = [], 0
         for index, clause in zip(item.clauses, clauses):
             count = clause.coefficients.shape[0]
+            if count and bool((upper[offset:offset + count] <= 0).all()):
+                verdict = _violated_everywhere(graph, prop, spec, method.name)
+                if verdict is not None:
+                    return verdict
             if count == 0 or not bool((lower[offset:offset + count] > 0).any()):
                 kept.append(index)
             offset += count
         if kept:
             still_open.append(_Open(item.region_index, kept))
     return still_open
+
+
+def _violated_everywhere(graph: Graph, prop: Property, spec: RegionSpec, method: str) -> Verdict | None:
+    """The region's centre (projected into it), confirmed as a counterexample: bounds showed that every
+    point of the region satisfies the clause."""
+    center = spec.region.project(spec.region.bounding_box().center.unsqueeze(1))[0, 0].double()
+    with torch.no_grad():
+        output = graph.to(torch.float64).forward_flat(center[None])[0]
+    verdict = confirm(graph, prop, (center, output), method)
+    if verdict is not None:
+        verdict.detail = "the bounds show every point of the region violates the property"
+    return verdict
 
 
 def _restrict(prop: Property, open_regions: list[_Open]) -> Property:
@@ -226,18 +289,19 @@ def confirm(graph: Graph, prop: Property, candidate, method: str) -> Verdict | N
 
 
 def reported_input(prop: Property, x: torch.Tensor) -> torch.Tensor:
-    """The counterexample input to report for the float64 candidate x: in the box of the first region
-    holding x, each coordinate rounded to float32 (nudged one ulp back inside where rounding left the
+    """The counterexample input to report for the float64 candidate x: clamped into the box of the
+    nearest region (a float32 search may end a rounding outside it; onnxruntime re-checks the output
+    anyway), each coordinate rounded to float32 (nudged one ulp back inside where rounding left the
     box), or kept in float64 where no float32 value lies in its interval (a pinned or sub-ulp input)."""
+    boxes = [spec.region.bounding_box() for spec in prop.regions]
+    distances = [float((x - x.clamp(b.lower[0].double(), b.upper[0].double())).abs().max()) for b in boxes]
+    box = boxes[distances.index(min(distances))]
+    lower, upper = box.lower[0].double(), box.upper[0].double()
+    x = x.clamp(lower, upper)
     x32 = x.float()
-    for spec in prop.regions:
-        box = spec.region.bounding_box()
-        lower, upper = box.lower[0].double(), box.upper[0].double()
-        if bool(((x >= lower) & (x <= upper)).all()):
-            up = torch.nextafter(x32, torch.tensor(np.inf, dtype=torch.float32))
-            down = torch.nextafter(x32, torch.tensor(-np.inf, dtype=torch.float32))
-            x32 = torch.where(x32.double() < lower, up, x32)
-            x32 = torch.where(x32.double() > upper, down, x32)
-            inside = (x32.double() >= lower) & (x32.double() <= upper)
-            return torch.where(inside, x32.double(), x)
-    return x32.double()
+    up = torch.nextafter(x32, torch.tensor(np.inf, dtype=torch.float32))
+    down = torch.nextafter(x32, torch.tensor(-np.inf, dtype=torch.float32))
+    x32 = torch.where(x32.double() < lower, up, x32)
+    x32 = torch.where(x32.double() > upper, down, x32)
+    inside = (x32.double() >= lower) & (x32.double() <= upper)
+    return torch.where(inside, x32.double(), x)

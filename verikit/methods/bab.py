@@ -25,7 +25,7 @@ import torch
 
 from verikit.graph import Graph
 from verikit.hookspecs import hookimpl
-from verikit.methods.bab_pool import PIECES_PER_WORKER, decide_in_pool, input_pieces, run_job, start_pool
+from verikit.methods.bab_pool import POOL_AFTER, decide_in_pool, run_job, start_pool
 from verikit.methods.base import Method, Verdict
 from verikit.methods.relu_split import split_relus
 from verikit.plugins import get_method
@@ -195,37 +195,47 @@ def _settled(stuck: int, detail: str) -> Verdict:
 
 
 def _split_inputs_in_rounds(graph: Graph, prop: Property, options: BaBOptions, deadline: float) -> Verdict:
-    """Input splitting in a process pool, in rounds: every region's open sub-boxes (at first, its box
-    bisected into PIECES_PER_WORKER pieces a worker) are dealt into ROUND_PARTS parts a worker, a worker
-    splits a part for up to PART_SECONDS and sends back what is still open, and that is dealt again, so
+    """Input splitting with a process pool, in rounds. This process first searches alone for POOL_AFTER
+    seconds (most searches end sooner than a pool starts). Then every region's open sub-boxes are dealt
+    into ROUND_PARTS parts a worker, and one more for this process, which splits its own part while the
+    workers split theirs (so the search goes on while workers import torch, or on a loaded machine);
+    each part is split for up to PART_SECONDS and what is still open comes back, to be dealt again, so
     the boxes of a hard corner end up spread over every worker. The first confirmed `sat` ends the
     search; `unsat` once no box is left anywhere."""
-    single, parts = dataclasses.replace(options, workers=1), PIECES_PER_WORKER * options.workers
-    open_boxes = {index: _stacked(input_pieces(spec, parts // len(prop.regions)), len(spec.clauses))
-                  for index, spec in enumerate(prop.regions)}
-    rounds = stuck = 0
+    single = dataclasses.replace(options, workers=1)
+    alone_until = time.monotonic() + POOL_AFTER
+    open_boxes, stuck = {}, 0
+    for index, spec in enumerate(prop.regions):
+        result = _split_inputs(graph, prop, spec, single, deadline, until=alone_until)
+        if isinstance(result, Verdict):
+            return result
+        stuck += result.stuck
+        if len(result):
+            open_boxes[index] = dataclasses.replace(result, stuck=0)
+    rounds = 0
+    if not open_boxes:
+        return _settled(stuck, "input splitting in this process")
     with start_pool(options.workers) as pool:
         while open_boxes:
             if time.monotonic() >= deadline:
                 left = sum(len(d) for d in open_boxes.values())
                 return Verdict("timeout", method="bab", detail=f"{left} domains open after {rounds} rounds")
             rounds += 1
+            count = max(1, ROUND_PARTS * (options.workers + 1) // len(open_boxes))
             jobs = [functools.partial(_round_part, graph, prop, index, single, deadline, part, PART_SECONDS)
-                    for index, boxes in open_boxes.items()
-                    for part in boxes.deal(max(1, ROUND_PARTS * options.workers // len(open_boxes)))]
+                    for index, boxes in open_boxes.items() for part in boxes.deal(count)]
+            pending = [pool.apply_async(run_job, (job,)) for job in jobs[1:]]
             open_boxes = {}
-            for index, result in pool.imap_unordered(run_job, jobs):
+            for index, result in [jobs[0]()] + [job.get() for job in pending]:
                 if isinstance(result, _Domains):
                     stuck, result.stuck = stuck + result.stuck, 0
-                    if not len(result):
-                        continue
-                if isinstance(result, _Domains) and index in open_boxes:
-                    open_boxes[index].push(result)
-                elif isinstance(result, _Domains):
-                    open_boxes[index] = result
-                elif result.status != "unsat":  # sat (confirmed in the worker), or a domain limit
+                    if len(result):
+                        open_boxes.setdefault(index, _Domains(result.lower[:0], result.upper[:0], result.open[:0]))
+                        open_boxes[index].push(result)
+                elif result.status != "unsat":  # sat (confirmed where it was found), or a domain limit
+                    pool.terminate()
                     return result
-    return _settled(stuck, f"input splitting in {options.workers} workers, {rounds} rounds")
+    return _settled(stuck, f"input splitting in {options.workers} workers, {rounds} rounds (and this process)")
 
 
 def _round_part(graph: Graph, prop: Property, index: int, options: BaBOptions, deadline: float,
@@ -233,13 +243,6 @@ def _round_part(graph: Graph, prop: Property, index: int, options: BaBOptions, d
     """One worker's part of a round: region `index`'s sub-boxes `part` split for `seconds` at most."""
     end = min(deadline, time.monotonic() + seconds)
     return index, _split_inputs(graph, prop, prop.regions[index], options, deadline, part, end)
-
-
-def _stacked(pieces: list[RegionSpec], clauses: int) -> "_Domains":
-    """Sub-box pieces of one region as a stack of domains with every clause open."""
-    lower = torch.cat([piece.region.lower for piece in pieces])
-    upper = torch.cat([piece.region.upper for piece in pieces])
-    return _Domains(lower, upper, torch.ones(len(pieces), clauses, dtype=torch.bool))
 
 
 class _RowBounder:

@@ -6,7 +6,7 @@ is decided by the sequential branch and bound in a worker process, all against t
 The answer is `sat` as soon as one piece finds a confirmed counterexample (the pool is then
 stopped), `unsat` when every piece is `unsat`, and otherwise the first piece's `timeout` / `unknown`:
 the pieces cover the property, so nothing else is sound. (Input splitting deals its open sub-boxes
-out again round after round instead, starting from `input_pieces`: bab.py.)
+out again round after round instead: bab.py.)
 """
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ from verikit.methods.base import Verdict
 from verikit.region import Box
 from verikit.spec.property import Property, RegionSpec
 
-PIECES_PER_WORKER = 16  # more pieces than workers: some finish early, the others keep every worker busy
+POOL_AFTER = 2.0  # seconds of search alone before workers start: most searches end sooner, and starting
+WORKER_START = 1.5  # ... costs each worker a torch import (~1.5 s), during which this process searches on
 AUTO_WORKERS_MAX = 16  # workers by default, at most (one a core up to this)
 
 Split = Callable[[Graph, Property, RegionSpec, object, float], Verdict]
@@ -68,20 +69,6 @@ def decide_jobs(pool, jobs: list[Callable[[], Verdict]], workers: int) -> Verdic
         return Verdict("unsat", method="bab", detail=f"{len(jobs)} pieces in {workers} workers: "
                                                      + "; ".join(v.detail for v in verdicts[:3]))
     return next(v for v in verdicts if v.status != "unsat")
-
-
-def input_pieces(spec: RegionSpec, count: int) -> list[RegionSpec]:
-    """The region's box bisected along its widest input until there are at least `count` pieces."""
-    box = spec.region.bounding_box()
-    lower, upper = box.lower.double(), box.upper.double()
-    while lower.shape[0] < count and bool((upper - lower).gt(0).any()):  # a point is one piece
-        widest = (upper - lower).argmax(1)
-        rows = torch.arange(lower.shape[0])
-        middle = (lower[rows, widest] + upper[rows, widest]) / 2
-        left_upper, right_lower = upper.clone(), lower.clone()
-        left_upper[rows, widest], right_lower[rows, widest] = middle, middle
-        lower, upper = torch.cat([lower, right_lower]), torch.cat([left_upper, upper])
-    return [dataclasses.replace(spec, region=Box(lower[i:i + 1], upper[i:i + 1])) for i in range(lower.shape[0])]
 
 
 def run_job(job: Callable[[], object]) -> object:

@@ -21,6 +21,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from verikit import deadline
 from verikit.bounds import Interval, Relaxation
 from verikit.graph import Graph, Node
 from verikit.hookspecs import hookimpl
@@ -71,6 +72,7 @@ class DualLP(Method):
                 _write_back(intermediate, values, index, region.batch)
             encoding = encode_graph(graph, problem, values)
             for row in range(coefficients.shape[1]):
+                deadline.check()
                 row_lower, row_upper = bound_row(encoding, graph.output_name, coefficients[index, row], options)
                 lower[index, row] = row_lower if np.isfinite(row_lower) else fallback.lower[index, row]
                 upper[index, row] = row_upper if np.isfinite(row_upper) else fallback.upper[index, row]

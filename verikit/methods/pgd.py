@@ -3,6 +3,10 @@
 For each region it minimises, from many starting points, the violation of each unsafe clause (the
 largest `c . y - d` over the clause's rows, plus any input-constraint excess): a point with
 violation <= 0 inside the region is a counterexample. Every iterate is projected back into the region.
+The descent runs in float32 (cheap on conv nets) from the region's centre and random starts, in
+batches sized to the net's measured cost a point; every region gets its share of the time; each
+candidate is re-checked in float64 and returned only past a small margin, so onnxruntime's float32
+re-check agrees.
 """
 from __future__ import annotations
 
@@ -21,8 +25,11 @@ from verikit.spec.property import Property, RegionSpec
 
 @dataclass
 class PGDOptions:
-    """restarts: starting points per clause (at most max_points in all); steps: Adam steps of
-    step_size x the region's width; samples: random points tried first."""
+    """restarts: starting points per clause (at most max_points in all, fewer where a step over them
+    would cost more than step_seconds); steps: Adam steps of step_size x the region's width, in rounds
+    of fresh starts until the deadline when `rounds` > 1; samples: random points tried first (fewer on
+    costly nets); dtype: the descent's precision (float32 is ~3x cheaper on conv nets; every candidate
+    is re-checked in float64 before it is returned)."""
 
     restarts: int = 64
     max_points: int = 512
@@ -30,7 +37,10 @@ class PGDOptions:
     step_size: float = 0.1
     samples: int = 2048
     seed: int = 0
-    margin: float = 1e-6  # aim this far past the boundary so float32 re-checks agree
+    margin: float = 1e-5  # aim this far past the boundary, so onnxruntime's float32 re-check agrees
+    dtype: str = "float32"
+    step_seconds: float = 0.05
+    rounds: int = 1
 
 
 class PGD(Method):
@@ -44,16 +54,130 @@ class PGD(Method):
                deadline: float | None = None):
         options = options or PGDOptions()
         generator = torch.Generator().manual_seed(options.seed)
-        graph64 = graph.to(torch.float64)
-        for spec in prop.regions:
-            found = _sample(graph64, spec, options, generator)
-            if found is None and (deadline is None or time.monotonic() < deadline):
-                found = _descend(graph64, spec, options, generator, deadline)
-            if found is not None:
+        attacker = _Attacker(graph, prop.n_inputs, options, deadline)
+        for spec in prop.regions:  # sampling first, in every region: it is cheap
+            if (found := attacker.sample(spec, generator)) is not None or attacker.expired():
+                return found
+        for position, spec in enumerate(prop.regions):  # then the descent, each region its share of the time
+            if deadline is not None:
+                attacker.deadline = time.monotonic() + (deadline - time.monotonic()) / (len(prop.regions) - position)
+            if (found := attacker.descend(spec, generator)) is not None:
                 return found
             if deadline is not None and time.monotonic() >= deadline:
                 break
         return None
+
+
+def seconds_per_point(graph: Graph, inputs: int, dtype: torch.dtype = torch.float32) -> float:
+    """Measured seconds of one forward and backward pass per input point in `dtype` (weight counts
+    misjudge convolutions, whose weights are reused at every position): 16 points, then 512 where
+    those were too quick to time (small nets, where per-call overhead would dominate). Measured once
+    per model file and dtype."""
+    key = (graph.source, inputs, dtype)
+    if graph.source and key in _COSTS:
+        return _COSTS[key]
+    _COSTS[key] = _measure(graph.to(dtype), inputs, dtype)
+    return _COSTS[key]
+
+
+_COSTS: dict[tuple, float] = {}
+
+
+def _measure(graph: Graph, inputs: int, dtype: torch.dtype) -> float:
+    for points in (16, 512):
+        x = torch.rand(points, inputs, dtype=dtype, requires_grad=True)
+        started = time.perf_counter()
+        torch.autograd.grad(graph.forward_flat(x).sum(), x)
+        seconds = time.perf_counter() - started
+        if seconds > 0.05:
+            break
+    return max(1e-9, seconds / points)
+
+
+class _Attacker:
+    """One attack's graphs (the descent's precision and float64 for the final check), its deadline,
+    and the number of points a step may take (sized to the net's measured cost)."""
+
+    def __init__(self, graph: Graph, inputs: int, options: PGDOptions, deadline: float | None):
+        dtype = getattr(torch, options.dtype)
+        self.graph, self.graph64 = graph.to(dtype), graph.to(torch.float64)
+        self.options, self.deadline, self.dtype = options, deadline, dtype
+        per_point = seconds_per_point(graph, inputs, dtype)
+        self.points = max(8, min(options.max_points, int(options.step_seconds / per_point)))
+        self.samples = max(64, min(options.samples, 4 * self.points))
+
+    def expired(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def sample(self, spec: RegionSpec, generator: torch.Generator):
+        """The region's centre and `samples` uniform points, in batches of the step's size, the
+        violating ones re-checked in float64."""
+        region = spec.region.to(torch.float64)
+        points = torch.cat([_center(region), region.sample(self.samples, generator)[0]])
+        for batch in points.split(4 * self.points):
+            if self.expired():
+                break
+            with torch.no_grad():
+                violation = _clause_violations(spec, batch, self.graph.forward_flat(batch.to(self.dtype))).amin(-1)
+            close = violation <= self.options.margin
+            if bool(close.any()) and (found := _checked(self.graph64, spec, batch[close])) is not None:
+                return found
+        return None
+
+    def descend(self, spec: RegionSpec, generator: torch.Generator):
+        """Adam on every clause's hinge loss, in coordinates scaled to the region's bounding box,
+        projecting back into the region after every step. Each round starts from the centre for every
+        clause (a signed-gradient step from there finds most counterexamples of a small box) and random
+        points, more of them for the clauses closest to violated at the centre."""
+        region = spec.region.to(self.dtype)
+        box = region.bounding_box()
+        width = (box.upper - box.lower).clamp_min(1e-12)
+        for _ in range(max(1, self.options.rounds)):
+            starts, assigned = self._starts(spec, region, generator)
+            found = self._round(spec, region, box.lower, width, starts, assigned)
+            if found is not None or self.expired():
+                return found
+        return None
+
+    def _starts(self, spec: RegionSpec, region, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Start points and the clause each one descends: the centre once per clause, then random starts
+        dealt to the clauses in order of their violation at the centre (the smallest first)."""
+        clauses = len(spec.clauses)
+        center = _center(region.to(torch.float64)).to(self.dtype)
+        with torch.no_grad():
+            order = _clause_violations(spec, center, self.graph.forward_flat(center))[0].argsort()
+        spare = max(0, self.points - clauses)  # random starts: an even share, the rest to the closest
+        per_clause = min(self.options.restarts, spare // clauses)
+        left = min(spare - per_clause * clauses, (self.options.restarts - per_clause) * clauses)
+        counts = torch.full((clauses,), per_clause)
+        counts[order] += left // clauses + (torch.arange(clauses) < left % clauses).long()
+        assigned = torch.cat([torch.arange(clauses), torch.repeat_interleave(torch.arange(clauses), counts)])
+        random = region.sample(int(counts.sum()), generator)[0]
+        return torch.cat([center.expand(clauses, -1), random]), assigned
+
+    def _round(self, spec: RegionSpec, region, lower: torch.Tensor, width: torch.Tensor, starts: torch.Tensor,
+               assigned: torch.Tensor):
+        options = self.options
+        scaled = ((starts - lower) / width).requires_grad_(True)
+        optimizer = Adam([scaled], lr=options.step_size)
+        best = None  # a float64 counterexample closer to the boundary than the margin, kept in case
+        for _ in range(options.steps):
+            if self.expired():
+                break
+            x = lower + width * scaled
+            outputs = self.graph.forward_flat(x)
+            violation = _clause_violations(spec, x, outputs).gather(1, assigned.unsqueeze(1)).squeeze(1)
+            close = violation.detach() <= options.margin  # candidates: re-checked in float64
+            if bool(close.any()):
+                found = _checked(self.graph64, spec, x.detach()[close].double(), options.margin)
+                if found is not None and found[2] <= -options.margin:
+                    return found[:2]
+                best = found[:2] if found is not None else best
+            (gradient,) = torch.autograd.grad(_hinge_loss(spec, x, outputs, assigned, options.margin), scaled)
+            optimizer.step([gradient])
+            with torch.no_grad():
+                scaled.copy_((region.project((lower + width * scaled).unsqueeze(0))[0] - lower) / width)
+        return best
 
 
 def _clause_violations(spec: RegionSpec, inputs: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
@@ -65,54 +189,21 @@ def _clause_violations(spec: RegionSpec, inputs: torch.Tensor, outputs: torch.Te
     return value
 
 
-def _best(points: torch.Tensor, outputs: torch.Tensor, violation: torch.Tensor):
-    """The most violating point and its (already computed) output, if it violates the spec, else None."""
+def _checked(graph64: Graph, spec: RegionSpec, points: torch.Tensor, margin: float | None = None):
+    """The most violating of float64 `points` with its output, if it violates the spec in float64
+    (with `margin`, also how far: the triple (x, y, violation))."""
+    with torch.no_grad():
+        outputs = graph64.forward_flat(points)
+    violation = _clause_violations(spec, points, outputs).min(-1).values
     index = int(violation.argmin())
     if float(violation[index]) > 0:
         return None
-    return points[index].detach(), outputs[index].detach()
-
-
-def _sample(graph: Graph, spec: RegionSpec, options: PGDOptions, generator: torch.Generator):
-    region = spec.region.to(torch.float64)
-    points = torch.cat([_center(region), region.sample(options.samples, generator)[0]])
-    with torch.no_grad():
-        outputs = graph.forward_flat(points)
-    violation = _clause_violations(spec, points, outputs).min(-1).values
-    return _best(points, outputs, violation)
+    found = points[index].detach(), outputs[index].detach()
+    return found if margin is None else (*found, float(violation[index]))
 
 
 def _center(region) -> torch.Tensor:
     return region.center if isinstance(region, Box) else region.project(region.center.unsqueeze(1))[0]
-
-
-def _descend(graph: Graph, spec: RegionSpec, options: PGDOptions, generator: torch.Generator,
-             deadline: float | None):
-    """Adam on every clause's hinge loss from `restarts` random starts each, in coordinates scaled to
-    the region's bounding box, projecting back into the region after every step."""
-    region = spec.region.to(torch.float64)
-    clauses = len(spec.clauses)
-    restarts = max(1, min(options.restarts, options.max_points // clauses))
-    assigned = torch.arange(clauses).repeat_interleave(restarts)
-    box = region.bounding_box()
-    width = (box.upper - box.lower).clamp_min(1e-12)
-    scaled = ((region.sample(restarts * clauses, generator)[0] - box.lower) / width).requires_grad_(True)
-    optimizer = Adam([scaled], lr=options.step_size)
-    best = None
-    for _ in range(options.steps):
-        if deadline is not None and time.monotonic() >= deadline:
-            break
-        x = box.lower + width * scaled
-        outputs = graph.forward_flat(x)
-        violation = _clause_violations(spec, x, outputs).gather(1, assigned.unsqueeze(1)).squeeze(1)
-        best = _best(x, outputs, violation.detach()) or best  # keep any counterexample already seen
-        if best is not None and float(violation.detach().min()) <= -options.margin:
-            return best
-        (gradient,) = torch.autograd.grad(_hinge_loss(spec, x, outputs, assigned, options.margin), scaled)
-        optimizer.step([gradient])
-        with torch.no_grad():
-            scaled.copy_((region.project((box.lower + width * scaled).unsqueeze(0))[0] - box.lower) / width)
-    return best
 
 
 def _hinge_loss(spec: RegionSpec, inputs: torch.Tensor, outputs: torch.Tensor, assigned: torch.Tensor,

@@ -42,7 +42,7 @@ from verikit.graph import Graph
 from verikit.methods.alpha_crown import (AlphaCrownOptions, fold, optimize_folded, tighten_each_neuron,
                                         tighten_intermediate)
 from verikit.lp.encode import select_problem
-from verikit.methods.bab_pool import decide_jobs, start_pool
+from verikit.methods.bab_pool import POOL_AFTER, WORKER_START, decide_jobs, start_pool
 from verikit.methods.relu_probes import attack, solve_leaf
 from verikit.methods.base import Verdict
 from verikit.propagate.backward import layer_bounds, values_to_relax
@@ -52,8 +52,6 @@ from verikit.spec.property import Property, RegionSpec
 SPLIT_OPS = ("Relu", "LeakyRelu")
 DOMAINS_PER_WORKER = 16  # open domains a worker, at least, before the search is shared out ...
 SHARES_PER_WORKER = 4  # ... in this many parts a worker (some finish early: the rest keep workers busy)
-POOL_AFTER = 2.0  # seconds of search alone before workers start: most searches end sooner, and starting
-WORKER_START = 1.5  # ... costs each worker a torch import (~1.5 s), during which this process searches on
 ROOT_SHARE = 0.25  # of the time left, at most, for tightening the root's neurons one by one
 COST_SPREAD = 1.5  # a batch's cost a parent varies with the layers split (up to ~1.4x the last one's)
 F32 = torch.float32

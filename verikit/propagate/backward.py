@@ -13,6 +13,7 @@ from typing import Callable
 
 import torch
 
+from verikit import deadline
 from verikit.bounds import Interval, LinearBound, Relaxation
 from verikit.graph import Graph, Node
 from verikit.layers.base import RELAXATION_MODES
@@ -55,6 +56,7 @@ def backward_bound(graph: Graph, region: Region, target: str, coefficients: torc
         upper = pending.pop(node.output, None)
         if upper is None:
             continue
+        deadline.check()  # a pass over a large conv net must not overrun the instance's timeout
         if extra is not None and node.output in extra:
             upper = upper + extra[node.output]
         relaxation = None if node.linear else _relaxation(node, bounds, mode, lower_slopes, relaxations)

@@ -24,6 +24,7 @@ from math import prod
 import torch
 import torch.nn.functional as F
 
+from verikit import deadline
 from verikit.bounds import Interval, LinearBound, Relaxation
 from verikit.graph import Graph, Node
 from verikit.layers.base import RELAXATION_MODES, ElementwiseRule
@@ -239,6 +240,7 @@ def backward_upper(walk: Walk, target: str, start) -> torch.Tensor:
         coefficients = pending.pop(node.output, None)
         if coefficients is None:
             continue
+        deadline.check()
         relaxation = None if node.linear else _relaxation(walk, node)
         pushed, node_bias = _push(node, coefficients, relaxation)
         bias = bias + node_bias
