@@ -90,3 +90,46 @@ def test_second_outputs_are_refused_clearly(tmp_path):
         load_model(path)
     assert "'copy_indices'" in str(caught.value) and "indices" in str(caught.value)
     assert "multi-output" in str(caught.value)
+
+
+def _mlp_with(tmp_path, change) -> str:
+    """A small MLP written after `change(model)` edits its proto."""
+    from netgen import mlp
+
+    model = onnx.load(mlp(tmp_path / "net.onnx", "Relu", widths=(4,), inputs=3, outputs=2))
+    change(model)
+    onnx.save(model, tmp_path / "changed.onnx")
+    return str(tmp_path / "changed.onnx")
+
+
+def _set_weight(model, value: float) -> None:
+    tensor = model.graph.initializer[0]
+    weights = onnx.numpy_helper.to_array(tensor).copy()
+    weights[0, 0] = value
+    tensor.CopyFrom(onnx.numpy_helper.from_array(weights, tensor.name))
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda m: setattr(m.graph.initializer[0], "data_type", 91), "cannot be read"),
+    (lambda m: setattr(m.graph.input[0].type.tensor_type, "elem_type", 7), "element type INT64"),
+    (lambda m: _set_weight(m, float("inf")), "non-finite"),
+    (lambda m: _set_weight(m, float("nan")), "non-finite"),
+], ids=["unknown-initializer-type", "integer-input", "inf-weight", "nan-weight"])
+def test_corrupt_contents_are_one_clear_error(tmp_path, change, message):
+    path = _mlp_with(tmp_path, change)
+    with pytest.raises(ModelError, match=message) as raised:
+        load_model(path)
+    assert raised.value.path == path
+
+
+def _fill(model, value: float) -> None:
+    """Every floating initializer set to `value`."""
+    for tensor in model.graph.initializer:
+        weights = np.full_like(onnx.numpy_helper.to_array(tensor), value)
+        tensor.CopyFrom(onnx.numpy_helper.from_array(weights, tensor.name))
+
+
+def test_weights_that_overflow_float32_are_not_blamed_on_a_layer_rule(tmp_path):
+    path = _mlp_with(tmp_path, lambda m: _fill(m, 3e38))  # finite weights whose products overflow
+    with pytest.raises(ModelError, match="onnxruntime's own output is not finite"):
+        load_model(path)

@@ -61,6 +61,33 @@ def _real_input(model: onnx.ModelProto) -> onnx.ValueInfoProto:
     return inputs[0]
 
 
+def _initializer(tensor: onnx.TensorProto) -> np.ndarray:
+    """An initializer as a numpy array; an unknown data type or unreadable data is a ModelError naming
+    it, and so are non-finite weights (a NaN anywhere, an infinity in a tensor of more than one entry:
+    a scalar infinity can be a legitimate bound, as in Clip)."""
+    try:
+        value = numpy_helper.to_array(tensor)
+    except Exception as error:  # onnx raises KeyError for an unknown data type, ValueError for short data
+        raise ModelError(f"initializer {tensor.name!r} cannot be read ({type(error).__name__}: {error}; "
+                         f"data type {tensor.data_type})",
+                         fix="the file is corrupt; export or download it again") from None
+    if value.dtype.kind == "f" and (np.isnan(value).any() or (value.size > 1 and not np.isfinite(value).all())):
+        bad = int((~np.isfinite(value)).sum())
+        raise ModelError(f"initializer {tensor.name!r} holds {bad} non-finite value{'s' if bad > 1 else ''} "
+                         "(NaN or infinity)", fix="the weights must be finite: check the training run or export")
+    return value
+
+
+def _input_type(value: onnx.ValueInfoProto) -> None:
+    """The network input must be a float tensor (float32 or float64): verikit bounds real-valued inputs."""
+    allowed = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE)
+    element = value.type.tensor_type.elem_type
+    if element not in allowed:
+        name = onnx.TensorProto.DataType.Name(element) if element in onnx.TensorProto.DataType.values() else element
+        raise ModelError(f"input '{value.name}' has element type {name}; verikit needs FLOAT or DOUBLE",
+                         fix="export the network with a float32 input (or the file is corrupt)")
+
+
 def _static_shape(value: onnx.ValueInfoProto) -> tuple[int, ...]:
     dims = []
     for index, dim in enumerate(value.type.tensor_type.shape.dim):
@@ -136,11 +163,12 @@ def _build_graph(model: onnx.ModelProto, source: str) -> Graph:
     """Turn a checked ModelProto into a Graph of built rules."""
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
     input_value = _real_input(model)
+    _input_type(input_value)
     input_shape = _static_shape(input_value)
     model = _fix_input_shape(model, input_value.name, input_shape)
     shapes = _shapes(model)
     shapes[input_value.name] = input_shape
-    constants = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    constants = {init.name: _initializer(init) for init in model.graph.initializer}
     if len(model.graph.output) != 1:
         raise ModelError(f"verikit needs exactly one network output, found {len(model.graph.output)}",
                          fix="export the network with a single output tensor")
@@ -200,7 +228,17 @@ def _build_node(name: str, proto: onnx.NodeProto, constants: dict[str, np.ndarra
                     output_shape=shapes[output], opset=opset)
     if not info.computed_inputs:
         raise ModelError(f"{proto.op_type} node '{name}' has no computed input", fix="fold constants first")
-    rule = entry.provider.build(info)
+    try:
+        rule = entry.provider.build(info)
+    except VerikitError:
+        raise
+    except (RuntimeError, ValueError, IndexError, KeyError, TypeError, ZeroDivisionError) as error:
+        # a rule's arithmetic on attributes and shapes the file makes inconsistent (a window wider than
+        # its input, say); the chained error keeps the rule's own traceback for --debug
+        raise ModelError(f"{proto.op_type} node '{name}' cannot be built from its attributes and shapes "
+                         f"({type(error).__name__}: {error})", place=f"node '{name}'",
+                         fix="re-export the model with consistent shapes; if the model is valid, this is a "
+                             f"bug in the layer plugin {entry.plugin!r}: run with --debug and report it") from error
     return Node(name, proto.op_type, info.computed_inputs, output, rule, entry.plugin)
 
 

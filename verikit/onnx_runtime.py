@@ -50,8 +50,13 @@ def check_against_onnxruntime(graph: Graph, path: str | Path, samples: int = 4, 
     with torch.no_grad():
         ours = graph.forward_flat(x).double().numpy()
     reference = evaluate(path, graph, x.numpy())
-    error = float(np.abs(ours - reference).max())
-    scale = 1.0 + float(np.abs(reference).max())
+    if not np.isfinite(reference).all():
+        raise ModelError("onnxruntime's own output is not finite on random inputs in [-1, 1]",
+                         path=str(path), fix="the weights or constants are corrupt or overflow float32; "
+                         "check the export")
+    with np.errstate(all="ignore"):
+        error = float(np.abs(ours - reference).max())
+        scale = 1.0 + float(np.abs(reference).max())
     if not np.isfinite(error) or error > FORWARD_TOLERANCE * scale:
         raise ModelError(f"verikit's forward differs from onnxruntime by {error:.3g} (output scale {scale:.3g})",
                          path=str(path), fix="this is a bug in a layer rule; run with --debug and report it, "

@@ -85,7 +85,7 @@ class ScaleShift(LinearRule):
             return Residual.build(node)
         op = node.op_type
         if op == "Neg":
-            return cls(node, scale=torch.tensor(-1.0))
+            return cls(node, scale=torch.tensor(-1.0, dtype=torch.float32))
         first = node.constant(0)
         constant = as_tensor(first if first is not None else node.constant(1))
         if op == "Add":
@@ -93,7 +93,7 @@ class ScaleShift(LinearRule):
         if op == "Mul":
             return cls(node, scale=constant)
         if op == "Sub":
-            return cls(node, shift=-constant) if first is None else cls(node, scale=torch.tensor(-1.0), shift=constant)
+            return cls(node, shift=-constant) if first is None else cls(node, scale=torch.tensor(-1.0, dtype=torch.float32), shift=constant)
         if first is not None:
             raise cls.reject(node, "a constant divided by a computed tensor (c / x) is not linear",
                              "divide the computed tensor by the constant instead, or add a plugin for reciprocals")

@@ -77,6 +77,11 @@ class MaxPool(LayerRule):
         strides = tuple(int(s) for s in attributes.get("strides", [1] * rank))
         pads = tuple(int(p) for p in attributes.get("pads", [0] * 2 * rank))
         cls._check_attributes(node, kernel, strides, pads)
+        spatial = node.input_shapes[0][-rank:]
+        padded = [size + pads[dim] + pads[rank + dim] for dim, size in enumerate(spatial)]
+        if any(k > p for k, p in zip(kernel, padded)):
+            raise cls.reject(node, f"its window {list(kernel)} is larger than its padded input {padded}",
+                             fix="re-export the model with consistent shapes")
         rule = cls(node, kernel, strides, pads)
         if tuple(rule.output_shape[-rank:]) != rule.out_spatial:
             raise cls.reject(node, f"its output shape {list(rule.output_shape)} does not match the pooling "

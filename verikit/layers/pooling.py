@@ -55,7 +55,7 @@ class AveragePool(LinearRule):
         pads = torch_pads(begins, ends) if any(begins + ends) else None
         correction = None
         if pads is not None and not int(node.attributes.get("count_include_pad", 0)):
-            ones = F.pad(torch.ones(1, 1, *in_shape[2:]), pads)
+            ones = F.pad(torch.ones(1, 1, *in_shape[2:], dtype=torch.float32), pads)  # the weights' dtype
             correction = 1.0 / AVERAGE_POOLS[spatial](ones, kernel, strides)[0, 0]
         return cls(node, kernel, strides, pads, correction)
 

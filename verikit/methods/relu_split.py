@@ -371,7 +371,7 @@ class _Problem:
     def _priority(self, margin, domain, row, open_clauses) -> torch.Tensor:
         """Per domain, the margin of its worst open clause (a clause's margin: its best row's)."""
         count, clauses = open_clauses.shape
-        flat = torch.full((count * clauses,), float("-inf"), device=self.device)
+        flat = torch.full((count * clauses,), float("-inf"), dtype=margin.dtype, device=self.device)
         flat.scatter_reduce_(0, domain * clauses + self.owner[row], margin.detach(), "amax")
         return flat.reshape(count, clauses).masked_fill(~open_clauses, float("inf")).amin(1)
 
