@@ -114,7 +114,8 @@ def _set_weight(model, value: float) -> None:
     (lambda m: setattr(m.graph.input[0].type.tensor_type, "elem_type", 7), "element type INT64"),
     (lambda m: _set_weight(m, float("inf")), "non-finite"),
     (lambda m: _set_weight(m, float("nan")), "non-finite"),
-], ids=["unknown-initializer-type", "integer-input", "inf-weight", "nan-weight"])
+    (lambda m: setattr(m.graph.input[0].type.tensor_type.shape.dim[0], "dim_value", 0), "of size 0"),
+], ids=["unknown-initializer-type", "integer-input", "inf-weight", "nan-weight", "zero-batch"])
 def test_corrupt_contents_are_one_clear_error(tmp_path, change, message):
     path = _mlp_with(tmp_path, change)
     with pytest.raises(ModelError, match=message) as raised:

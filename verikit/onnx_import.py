@@ -91,7 +91,10 @@ def _input_type(value: onnx.ValueInfoProto) -> None:
 def _static_shape(value: onnx.ValueInfoProto) -> tuple[int, ...]:
     dims = []
     for index, dim in enumerate(value.type.tensor_type.shape.dim):
-        if dim.HasField("dim_value") and dim.dim_value > 0:
+        if dim.HasField("dim_value") and dim.dim_value <= 0:
+            raise ModelError(f"input '{value.name}' has dimension {index} of size {dim.dim_value}",
+                             fix="export the model with a positive input shape (the file may be corrupt)")
+        if dim.HasField("dim_value"):
             dims.append(dim.dim_value)
         elif index == 0:
             dims.append(1)  # a symbolic batch dimension is evaluated one sample at a time

@@ -29,7 +29,15 @@ def _session(path: str, modified: int, size: int):
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3
     options.intra_op_num_threads = 1
-    return onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    try:
+        return onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime's own exception types (Fail, InvalidArgument, ...)
+        raise ModelError(f"onnxruntime cannot load the model: {_first_line(error)}", path=path,
+                         fix="the file is corrupt or uses types onnxruntime rejects; export it again") from None
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def evaluate(path: str | Path, graph: Graph, inputs: np.ndarray) -> np.ndarray:
@@ -38,8 +46,13 @@ def evaluate(path: str | Path, graph: Graph, inputs: np.ndarray) -> np.ndarray:
     runtime = session(str(path))
     name = graph.input_name
     dtype = np.float64 if runtime.get_inputs()[0].type == "tensor(double)" else np.float32
-    rows = [runtime.run(None, {name: row.reshape(graph.input_shape).astype(dtype)})[0].reshape(-1)
-            for row in np.asarray(inputs).reshape(len(inputs), -1)]
+    try:
+        rows = [runtime.run(None, {name: row.reshape(graph.input_shape).astype(dtype)})[0].reshape(-1)
+                for row in np.asarray(inputs).reshape(len(inputs), -1)]
+    except Exception as error:  # onnxruntime's own exception types
+        raise ModelError(f"onnxruntime cannot run the model on an input of shape {list(graph.input_shape)}: "
+                         f"{_first_line(error)}", path=str(path),
+                         fix="the file's declared shapes are inconsistent; export it again") from None
     return np.stack(rows).astype(np.float64)
 
 
