@@ -4,22 +4,28 @@ A VNN-LIB file is a list of SMT-LIB s-expressions: `(declare-const X_i Real)` fo
 input, `(declare-const Y_j Real)` for every output, then `(assert ...)` forms whose conjunction
 describes the UNSAFE set. Reading goes in four steps:
 
-1. `_Source`: text -> tokens (parentheses and atoms); comments (`;` to end of line) are dropped.
-2. `parse`: tokens -> forms. A form is a list `[open, item, ...]` whose first entry is the token index
-   of its `(`; an item is a form or the token index (an int) of an atom. A token index gives the line
-   and column of anything on demand (`_Source.place`), so the hot loop stores nothing else.
-3. `_Reader`: forms -> linear rows `a . v <= b` combined by `and` / `or`, expanded into disjunctive
-   normal form (DNF). Rows every disjunct shares are kept apart, so a box of 3072 bounds is read once.
+1. `Source` (verikit.spec.sexpr): text -> tokens (parentheses and atoms); comments are dropped.
+2. `parse` (verikit.spec.sexpr): tokens -> forms. A form is a list `[open, item, ...]` whose first entry
+   is the token index of its `(`; an item is a form or the token index (an int) of an atom. A token index
+   gives the line and column of anything on demand (`Source.place`), so the hot loop stores nothing else.
+3. `_Reader`: forms -> linear rows `a . v <= b` (terms by `sexpr.linear`) combined by `and` / `or`, expanded
+   into disjunctive normal form (DNF). Rows every disjunct shares are kept apart, so a box of 3072 bounds
+   is read once.
 4. `_Reader.regions`: each disjunct -> an input box (plus linear input constraints, if any) and an
    output clause; disjuncts with the same input part share one RegionSpec.
 
 Strict comparisons `<` and `>` are read as `<=` and `>=`: the unsafe set is replaced by its closure,
 which differs by a set of measure zero and is what sound bound methods reason about anyway.
+
+Numbers: every literal is rounded to the nearest float64, so one below the smallest subnormal (1e-400)
+reads as 0; one beyond the largest float64 (1e400) has no nearest value and is an error. Every
+coefficient and bound after arithmetic must be finite, and input bounds within +-MAX_INPUT_BOUND.
+Memory follows the text: the declarations are checked before anything is sized by them, nesting is at
+most `sexpr.MAX_DEPTH` deep, and the expanded property holds at most MAX_SPEC_VALUES numbers.
 """
 from __future__ import annotations
 
 import gc
-import gzip
 import math
 import re
 from pathlib import Path
@@ -31,14 +37,17 @@ import torch
 from verikit.errors import SpecError
 from verikit.region import Box, LpBall
 from verikit.spec.property import InputConstraints, OutputClause, Property, RegionSpec
+from verikit.spec.sexpr import FINITE_FIX, Source, Term, finite, fold, linear, overflow, parse, read_text, shown
 
 MAX_DISJUNCTS = 100_000
+MAX_SPEC_VALUES = 20_000_000  # rows and disjuncts of the expanded DNF, and numbers of the Property built
+MAX_INPUT_BOUND = 1e30  # float32 reaches 3.4e38: inputs beyond 1e30 leave no room for the network's arithmetic
 COMPARISONS = frozenset(("<=", ">=", "<", ">", "="))
 _SKIPPED_COMMANDS = ("check-sat", "get-model", "set-logic", "set-info", "set-option", "exit")
-_COMMENT = re.compile(r";[^\n]*")
-_TOKEN = re.compile(r";[^\n]*|[()]|[^\s();]+")  # the same tokens as _Source.tokens, with offsets
-_NAME = re.compile(r"([XY])_(0|[1-9][0-9]*)")
+_NAME = re.compile(r"([XY])_(0|[1-9][0-9]{0,17})")  # indices below 10**18; int() refuses over 4300 digits
+_NUMERAL = re.compile(r"[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?")
 _DECLARE_HINT = "declare every input as (declare-const X_i Real) and every output as (declare-const Y_j Real)"
+_EXPANSION_FIX = "split the property into several files, or factor common conditions out"
 
 
 class Row(NamedTuple):
@@ -50,64 +59,15 @@ class Row(NamedTuple):
     bound: float
 
 
-class _Source:
-    """The text being read and its tokens; turns a token index into 'line L, column C' on demand."""
-
-    def __init__(self, text: str, path: str):
-        self.text, self.path = text, path
-        # tokens: parentheses and atoms, with `;` comments dropped
-        self.tokens = _COMMENT.sub("", text).replace("(", " ( ").replace(")", " ) ").split()
-        self._offsets: list[int] | None = None
-
-    def place(self, index: int) -> str:
-        if self._offsets is None:
-            self._offsets = [m.start() for m in _TOKEN.finditer(self.text) if m.group()[0] != ";"]
-        offset = self._offsets[index] if index < len(self._offsets) else len(self.text)
-        line = self.text.count("\n", 0, offset) + 1
-        column = offset - self.text.rfind("\n", 0, offset)
-        return f"line {line}, column {column}"
-
-    def error(self, index: int | None, message: str, fix: str | None = None) -> SpecError:
-        place = self.place(index) if index is not None else None
-        return SpecError(message, path=self.path, place=place, fix=fix)
-
-
-def parse(source: _Source) -> list[list]:
-    """Nest the tokens into forms (see the module docstring); returns the top-level forms."""
-    top: list = [-1]
-    stack: list[list] = []
-    current = top
-    for index, token in enumerate(source.tokens):
-        if token == "(":
-            form = [index]
-            current.append(form)
-            stack.append(current)
-            current = form
-        elif token == ")":
-            if not stack:
-                raise source.error(index, "unbalanced parentheses: this ')' closes nothing",
-                                   fix="remove it, or add the '(' it should close")
-            current = stack.pop()
-        else:
-            current.append(index)
-    if stack:
-        raise source.error(current[0], "unbalanced parentheses: the '(' opened here is never closed",
-                           fix="add the missing ')'")
-    for item in top[1:]:
-        if isinstance(item, int):
-            raise source.error(item, f"'{source.tokens[item]}' stands outside any form",
-                               fix="write commands as (declare-const ...) or (assert ...)")
-    return top[1:]
-
-
 class _Reader:
     """Turns parsed forms into variables and rows in DNF, then into regions."""
 
-    def __init__(self, source: _Source):
+    def __init__(self, source: Source):
         self.source, self.tokens = source, source.tokens
         self.variables: dict[str, tuple[str, int]] = {}  # name -> ("X" | "Y", index)
         self.declared_at: dict[str, int] = {}
         self.counts = {"X": 0, "Y": 0}
+        self.expanded = 0  # rows and disjuncts made by expanding and/or, against MAX_SPEC_VALUES
 
     # ---- declarations -------------------------------------------------------------------------
     def declare(self, form: list) -> None:
@@ -120,9 +80,10 @@ class _Reader:
         name, sort = self.tokens[name_at], self.tokens[sort_at]
         match = _NAME.fullmatch(name)
         if match is None:
-            raise self.source.error(name_at, f"variable name '{name}' is not X_i or Y_j", fix=_DECLARE_HINT)
+            raise self.source.error(name_at, f"variable name '{shown(name)}' is not X_i or Y_j (i, j below 10^18)",
+                                    fix=_DECLARE_HINT)
         if sort != "Real":
-            raise self.source.error(sort_at, f"{name} has sort '{sort}'; only Real is supported",
+            raise self.source.error(sort_at, f"{name} has sort '{shown(sort)}'; only Real is supported",
                                     fix=f"declare it as (declare-const {name} Real)")
         if name in self.variables:
             raise self.source.error(name_at, f"{name} is declared twice", fix="remove one declaration")
@@ -130,68 +91,103 @@ class _Reader:
         self.declared_at[name] = name_at
 
     def check_declarations(self, n_inputs: int | None, n_outputs: int | None) -> None:
-        """Inputs must be X_0..X_{n-1}, outputs Y_0..Y_{m-1}, and agree with the model where given."""
+        """Inputs must be X_0..X_{n-1}, outputs Y_0..Y_{m-1}, and agree with the model where given. Checked
+        before anything is sized by an index, so the cost follows the declarations present, not X_1000000000."""
         for kind, word, expected in (("X", "inputs", n_inputs), ("Y", "outputs", n_outputs)):
-            indices = sorted(i for k, i in self.variables.values() if k == kind)
-            if not indices:
+            names = {index: name for name, (k, index) in self.variables.items() if k == kind}
+            if not names:
                 raise self.source.error(None, f"no {word} are declared", fix=_DECLARE_HINT)
-            missing = sorted(set(range(indices[-1] + 1)) - set(indices))
-            if missing:
-                last = f"{kind}_{indices[-1]}"
-                raise self.source.error(self.declared_at[last], f"{kind}_{missing[0]} is not declared, but "
+            top = max(names)
+            last = names[top]
+            if expected is not None and top >= expected:
+                raise self.source.error(self.declared_at[last], f"{last} is declared, but the model has "
+                                        f"{expected} {word} ({kind}_0 .. {kind}_{expected - 1})",
+                                        fix=f"declare only {kind}_0 .. {kind}_{expected - 1}, or pair the spec "
+                                            "with the model it was written for")
+            if top >= len(names):  # some index below the largest is missing
+                missing = next(i for i in range(len(names)) if i not in names)
+                raise self.source.error(self.declared_at[last], f"{kind}_{missing} is not declared, but "
                                         f"{last} is: {word} must be numbered from {kind}_0 without gaps",
-                                        fix=f"add (declare-const {kind}_{missing[0]} Real)")
-            self.counts[kind] = len(indices)
-            if expected is not None and expected != len(indices):
-                raise self.source.error(None, f"the spec declares {len(indices)} {word} ({kind}_0 .. "
-                                        f"{kind}_{len(indices) - 1}) but the model has {expected}",
+                                        fix=f"add (declare-const {kind}_{missing} Real)")
+            self.counts[kind] = len(names)
+            if expected is not None and expected != len(names):
+                raise self.source.error(None, f"the spec declares {len(names)} {word} ({kind}_0 .. "
+                                        f"{kind}_{len(names) - 1}) but the model has {expected}",
                                         fix=f"use a spec written for this model (one with {expected} {word}), "
                                             "or check that the right model and spec are paired")
 
     # ---- formulas -> DNF ----------------------------------------------------------------------
-    def head(self, form: list) -> str:
-        """The operator (first atom) of a form."""
-        if len(form) < 2 or type(form[1]) is not int:
-            raise self.source.error(form[0], "expected an operator after '('", fix="write (op arg ...)")
-        return self.tokens[form[1]]
-
     def formula(self, item: int | list) -> list[list[Row]]:
         """A boolean formula as DNF: a list of disjuncts, each a list of rows that must all hold."""
+        if type(item) is list and len(item) > 1:
+            op = self.source.head(item)
+            if op in COMPARISONS:  # the common case, read without the stack of `fold`
+                return [self.comparison(item, op)]
+        return fold(item, self.subformulas, self.condition)
+
+    def subformulas(self, item: int | list) -> list:
+        """The operands of and / or, read before their operator; [] for a comparison, true or false."""
+        if type(item) is int:
+            return []
+        op = self.source.head(item)
+        if op == "and" or op == "or":
+            return item[2:]
+        if op in COMPARISONS:
+            return []
+        raise self.source.error(item[1], f"unknown operator '{shown(op)}' in a condition",
+                                fix="use and, or, <=, >=, <, > or =")
+
+    def condition(self, item: int | list, parts: list[list[list[Row]]]) -> list[list[Row]]:
+        """The DNF of one condition, given the DNFs of its operands."""
         if type(item) is int:
             token = self.tokens[item]
             if token in ("true", "false"):
                 return [[]] if token == "true" else []
-            raise self.source.error(item, f"expected a condition, found '{token}'",
+            raise self.source.error(item, f"expected a condition, found '{shown(token)}'",
                                     fix="write a comparison such as (<= Y_0 Y_1), or (and ...) / (or ...)")
-        op = self.head(item)
-        if op in COMPARISONS:
-            return [self.comparison(item, op)]
+        op = self.tokens[item[1]]
         if op == "and":
-            return self.conjoin([self.formula(child) for child in item[2:]], item[0])
+            return self.conjoin(parts, item[0])
         if op == "or":
-            disjuncts = [d for child in item[2:] for d in self.formula(child)]
-            self.check_size(len(disjuncts), item[0])
-            return disjuncts
-        raise self.source.error(item[1], f"unknown operator '{op}' in a condition",
-                                fix="use and, or, <=, >=, <, > or =")
+            size = sum(map(len, parts))
+            self.check_size(size, item[0])
+            self.count_expansion(size, item[0])
+            return [disjunct for part in parts for disjunct in part]
+        return [self.comparison(item, op)]
 
     def conjoin(self, parts: list[list[list[Row]]], at: int) -> list[list[Row]]:
-        """AND of DNFs, distributed over their ORs."""
-        self.check_size(math.prod(len(part) for part in parts), at)
+        """AND of DNFs, distributed over their ORs. The operands' lists are fresh and used once, so the
+        first single-disjunct operand is extended in place rather than copied."""
+        if any(not part for part in parts):
+            return []
+        size = 1
+        for part in parts:
+            size *= len(part)
+            self.check_size(size, at)
+        if size > 1:  # each operand's rows are copied once per combination of the other operands
+            self.count_expansion(size + sum(sum(map(len, part)) * (size // len(part)) for part in parts), at)
         result: list[list[Row]] = [[]]
         for part in parts:
-            if len(part) == 1:
+            if len(part) > 1:
+                result = [disjunct + choice for disjunct in result for choice in part]
+            elif len(result) == 1 and not result[0]:
+                result = [part[0]]
+            else:
                 for disjunct in result:
                     disjunct.extend(part[0])
-            else:
-                result = [disjunct + choice for disjunct in result for choice in part]
         return result
 
     def check_size(self, size: int, at: int) -> None:
         if size > MAX_DISJUNCTS:
-            raise self.source.error(at, f"expanding and/or into disjunctive normal form gives {size} "
-                                    f"disjuncts, more than the limit of {MAX_DISJUNCTS}",
-                                    fix="split the property into several files, or factor common conditions out")
+            raise self.source.error(at, f"expanding and/or into disjunctive normal form gives at least {size} "
+                                    f"disjuncts, more than the limit of {MAX_DISJUNCTS}", fix=_EXPANSION_FIX)
+
+    def count_expansion(self, made: int, at: int | None) -> None:
+        """Add `made` rows or disjuncts to the expansion's total: refused beyond MAX_SPEC_VALUES."""
+        self.expanded += made
+        if self.expanded > MAX_SPEC_VALUES:
+            raise self.source.error(at, f"the property expands to more than {MAX_SPEC_VALUES} rows, disjuncts "
+                                    "and coefficients", fix=_EXPANSION_FIX)
 
     def comparison(self, form: list, op: str) -> list[Row]:
         """(op a b c ...) holds pairwise: a op b, b op c; `=` gives two rows per pair."""
@@ -201,7 +197,7 @@ class _Reader:
             if op == "=":
                 rows.append(self.atom_row(larger, smaller, form[0]))
             return rows
-        operands = [self.linear(item) for item in form[2:]]
+        operands = [linear(self.source, item, self.atom) for item in form[2:]]
         if len(operands) < 2:
             raise self.source.error(form[0], f"'{op}' needs two operands", fix=f"write ({op} a b)")
         rows = []
@@ -216,7 +212,10 @@ class _Reader:
         """`smaller <= larger` for two atoms (token indices), each a variable or a number."""
         a, b = self.variables.get(self.tokens[smaller]), self.variables.get(self.tokens[larger])
         if a is None and b is None:
-            return Row("", {}, self.number(larger) - self.number(smaller))
+            bound = self.number(larger) - self.number(smaller)
+            if not math.isfinite(bound):
+                raise overflow(self.source, at, "comparison")
+            return Row("", {}, bound)
         if b is None:
             return Row(a[0], {a[1]: 1.0}, self.number(larger))
         if a is None:
@@ -225,7 +224,7 @@ class _Reader:
             raise self.mixed(at)
         return Row(a[0], {a[1]: 1.0, b[1]: -1.0} if a != b else {a[1]: 0.0}, 0.0)
 
-    def row(self, smaller: tuple[dict, float], larger: tuple[dict, float], at: int) -> Row:
+    def row(self, smaller: Term, larger: Term, at: int) -> Row:
         """`smaller <= larger` for linear terms, as the row (smaller - larger) . v <= constant."""
         coefficients = dict(smaller[0])
         for name, value in larger[0].items():
@@ -234,45 +233,24 @@ class _Reader:
         if len(kinds) > 1:
             raise self.mixed(at)
         indexed = {self.variables[name][1]: value for name, value in coefficients.items()}
-        return Row(kinds.pop() if kinds else "", indexed, larger[1] - smaller[1])
+        bound = larger[1] - smaller[1]
+        finite(self.source, (indexed, bound), at, "comparison")
+        return Row(kinds.pop() if kinds else "", indexed, bound)
 
     def mixed(self, at: int) -> SpecError:
         return self.source.error(at, "this comparison mixes inputs (X_i) and outputs (Y_j)",
                                  fix="state input conditions and output conditions in separate comparisons")
 
-    def atom(self, index: int) -> tuple[dict[str, float], float]:
+    def atom(self, index: int) -> Term:
         """A variable or a number as a linear term."""
         token = self.tokens[index]
         if token in self.variables:
             return {token: 1.0}, 0.0
         return {}, self.number(index)
 
-    def linear(self, item: int | list) -> tuple[dict[str, float], float]:
-        """A term built from +, -, * and / by constants, as ({variable name: coefficient}, constant)."""
-        if type(item) is int:
-            return self.atom(item)
-        op = self.head(item)
-        terms = [self.linear(child) for child in item[2:]]
-        if op == "+" and terms:
-            return _add(terms)
-        if op == "-" and len(terms) == 1:
-            return _scale(terms[0], -1.0)
-        if op == "-" and terms:
-            return _add([terms[0]] + [_scale(term, -1.0) for term in terms[1:]])
-        if op == "*" and terms:
-            variable_terms = [term for term in terms if term[0]]
-            if len(variable_terms) > 1:
-                raise self.source.error(item[0], "product of two variables: VNN-LIB terms must be linear",
-                                        fix="multiply variables by constants only")
-            factor = math.prod(term[1] for term in terms if not term[0])
-            return _scale(variable_terms[0], factor) if variable_terms else ({}, factor)
-        if op == "/" and len(terms) == 2 and not terms[1][0] and terms[1][1] != 0:
-            return _scale(terms[0], 1.0 / terms[1][1])
-        raise self.source.error(item[1], f"unknown operator '{op}' (or wrong operands) in a term",
-                                fix="use (+ a b ...), (- a b), (- a), (* constant variable) or (/ term constant)")
-
     def number(self, index: int) -> float:
-        """An atom that is not a variable must be a finite number (integer, decimal or scientific)."""
+        """An atom that is not a variable must be a number (integer, decimal or scientific), rounded to the
+        nearest float64: below the smallest subnormal it reads as 0, beyond the largest float64 it is refused."""
         token = self.tokens[index]
         try:
             value = float(token)
@@ -280,32 +258,45 @@ class _Reader:
             value = math.nan
         if math.isfinite(value) and "_" not in token:  # float() also takes 'inf', 'nan' and '1_000'
             return value
+        if _NUMERAL.fullmatch(token):
+            raise self.source.error(index, f"the number {shown(token)} is beyond the largest float64 (1.8e308)",
+                                    fix=f"write a number within +-1.8e308 (input bounds within "
+                                        f"+-{MAX_INPUT_BOUND:g}); a tiny one such as 1e-400 reads as 0")
         if _NAME.fullmatch(token):
             raise self.source.error(index, f"unknown variable {token}: it is not declared",
                                     fix=f"add (declare-const {token} Real) before the asserts")
-        raise self.source.error(index, f"'{token}' is neither a declared variable nor a number",
+        raise self.source.error(index, f"'{shown(token)}' is neither a declared variable nor a number",
                                 fix="write numbers as 3, -0.5 or 1.5e-05 and declare every variable")
 
     # ---- DNF -> regions -----------------------------------------------------------------------
     def regions(self, common: list[Row], disjuncts: list[list[Row]]) -> tuple[RegionSpec, ...]:
-        """Group disjuncts with the same input box and input constraints into one RegionSpec each."""
-        n_in = self.counts["X"]
-        base = ([-math.inf] * n_in, [math.inf] * n_in, [], [])  # lower, upper, input rows, output rows
-        groups: dict[tuple, tuple[list, list, list, list]] = {}
-        if self.sort(common, *base):
+        """Group disjuncts with the same input part into one RegionSpec each. A disjunct's box is kept as
+        the bounds it tightens beyond the common box, so the cost follows the rows, not disjuncts x inputs."""
+        n_in, n_out = self.counts["X"], self.counts["Y"]
+        lower, upper, inputs, outputs = {}, {}, [], []  # the common part: bounds by input index
+        groups: dict[tuple, tuple[dict, dict, list, list]] = {}
+        if self.sort(common, lower, upper, inputs, outputs):
             for rows in disjuncts:
-                lower, upper, inputs, outputs = part = tuple(list(items) for items in base)
-                if self.sort(rows, *part):
-                    constraints = tuple((tuple(row.coefficients.items()), row.bound) for row in inputs)
-                    group = groups.setdefault((tuple(lower), tuple(upper), constraints), (lower, upper, inputs, []))
-                    group[3].append(outputs)  # this disjunct's clause
+                low, high, own_inputs, own_outputs = part = {}, {}, [], []
+                if not self.sort(rows, *part):
+                    continue
+                low = {i: value for i, value in low.items() if value > lower.get(i, -math.inf)}
+                high = {i: value for i, value in high.items() if value < upper.get(i, math.inf)}
+                constraints = tuple((tuple(row.coefficients.items()), row.bound) for row in own_inputs)
+                key = (tuple(sorted(low.items())), tuple(sorted(high.items())), constraints)
+                if key not in groups:
+                    groups[key] = (low, high, inputs + own_inputs, [])
+                    self.count_expansion((2 + len(inputs) + len(own_inputs)) * n_in, None)
+                groups[key][3].append(outputs + own_outputs)  # this disjunct's clause
+                self.count_expansion((len(outputs) + len(own_outputs) + 1) * n_out, None)
         if not groups:
             raise self.source.error(None, "the assertions can never hold together (the unsafe set is empty)",
                                     fix="check the constant comparisons and the or-branches of the asserts")
-        return tuple(self.region(*group) for group in groups.values())
+        return tuple(self.region(_bounds(lower, low, n_in, -math.inf), _bounds(upper, high, n_in, math.inf),
+                                 rows, clauses) for low, high, rows, clauses in groups.values())
 
-    def sort(self, rows: list[Row], lower: list, upper: list, inputs: list, outputs: list) -> bool:
-        """Tighten the box by single-input rows, file other rows; False if a constant row is false."""
+    def sort(self, rows: list[Row], lower: dict, upper: dict, inputs: list, outputs: list) -> bool:
+        """Tighten the bounds by single-input rows, file other rows; False if a constant row is false."""
         for row in rows:
             if row.kind == "Y":
                 outputs.append(row)
@@ -321,20 +312,27 @@ class _Reader:
             else:
                 [(index, coefficient)] = used.items()
                 value = row.bound / coefficient
-                if coefficient > 0 and value < upper[index]:
+                if math.isinf(value):
+                    raise self.source.error(self.declared_at[f"X_{index}"], f"a bound on X_{index}, {row.bound:g} "
+                                            f"/ {coefficient:g}, overflows float64", fix=FINITE_FIX)
+                if coefficient > 0 and value < upper.get(index, math.inf):
                     upper[index] = value
-                elif coefficient < 0 and value > lower[index]:
+                elif coefficient < 0 and value > lower.get(index, -math.inf):
                     lower[index] = value
         return True
 
     def region(self, lower: list, upper: list, inputs: list[Row], clauses: list[list[Row]]) -> RegionSpec:
-        """One RegionSpec: the box must be bounded and non-empty in every input."""
+        """One RegionSpec: the box must be bounded, within +-MAX_INPUT_BOUND and non-empty in every input."""
         for index, (low, high) in enumerate(zip(lower, upper)):
             name = f"X_{index}"
-            if not (math.isfinite(low) and math.isfinite(high)):
+            if low == -math.inf or high == math.inf:
                 raise self.source.error(self.declared_at[name], f"unbounded input {name}: it has no "
-                                        f"{'lower' if not math.isfinite(low) else 'upper'} bound",
+                                        f"{'lower' if low == -math.inf else 'upper'} bound",
                                         fix=f"add (assert (>= {name} LOW)) and (assert (<= {name} HIGH))")
+            if max(abs(low), abs(high)) > MAX_INPUT_BOUND:
+                raise self.source.error(self.declared_at[name], f"input {name} has bounds [{low:g}, {high:g}], "
+                                        f"beyond +-{MAX_INPUT_BOUND:g}: float32 cannot compute with such inputs",
+                                        fix=f"bound {name} within +-{MAX_INPUT_BOUND:g} (normalise the inputs)")
             if low > high:
                 raise self.source.error(self.declared_at[name], f"input {name} has lower bound {low} above "
                                         f"its upper bound {high}", fix="swap or correct its bounds")
@@ -347,16 +345,13 @@ class _Reader:
         return RegionSpec(box, output_clauses, constraints)
 
 
-def _add(terms: list[tuple[dict, float]]) -> tuple[dict[str, float], float]:
-    total: dict[str, float] = {}
-    for coefficients, _ in terms:
-        for name, value in coefficients.items():
-            total[name] = total.get(name, 0.0) + value
-    return total, sum(constant for _, constant in terms)
-
-
-def _scale(term: tuple[dict, float], factor: float) -> tuple[dict[str, float], float]:
-    return {name: value * factor for name, value in term[0].items()}, term[1] * factor
+def _bounds(common: dict[int, float], own: dict[int, float], size: int, default: float) -> list[float]:
+    """One side of a region's box as a list: the common bounds, overridden by the disjunct's own."""
+    bounds = [default] * size
+    for bound in (common, own):
+        for index, value in bound.items():
+            bounds[index] = value
+    return bounds
 
 
 def _matrix(rows: list[Row], width: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -374,18 +369,18 @@ def parse_vnnlib(text: str, path: str = "<vnnlib>", n_inputs: int | None = None,
     collecting = gc.isenabled()
     gc.disable()  # parsing builds many small lists that live to the end: rescanning them is wasted time
     try:
-        return _read(_Source(text, path), n_inputs, n_outputs)
+        return _read(Source(text, path), n_inputs, n_outputs)
     finally:
         if collecting:
             gc.enable()
 
 
-def _read(source: _Source, n_inputs: int | None, n_outputs: int | None) -> Property:
+def _read(source: Source, n_inputs: int | None, n_outputs: int | None) -> Property:
     reader = _Reader(source)
     forms = parse(source)
     asserts = []
     for form in forms:
-        command = reader.head(form)
+        command = source.head(form)
         if command in ("declare-const", "declare-fun"):
             reader.declare(form)
         elif command == "assert":
@@ -411,16 +406,7 @@ def _read(source: _Source, n_inputs: int | None, n_outputs: int | None) -> Prope
 
 def read_vnnlib(path: str | Path, n_inputs: int | None = None, n_outputs: int | None = None) -> Property:
     """Read a .vnnlib (or gzipped .vnnlib.gz) file into a Property."""
-    path = Path(path)
-    try:
-        opener = gzip.open if path.name.endswith(".gz") else open
-        with opener(path, "rt", encoding="utf-8") as file:
-            text = file.read()
-    except FileNotFoundError:
-        raise SpecError("no such file", path=str(path), fix="check the path of the spec") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise SpecError(f"cannot read the file: {error}", path=str(path),
-                        fix="give a VNN-LIB text file (optionally gzipped)") from None
+    text = read_text(Path(path), fix="give a VNN-LIB text file (optionally gzipped)")
     return parse_vnnlib(text, str(path), n_inputs, n_outputs)
 
 

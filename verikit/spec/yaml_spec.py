@@ -5,10 +5,14 @@ Two forms, told apart by their keys:
   `n_outputs`. The region is an Lp ball; the unsafe clauses are "class j scores at least the label's".
 - explicit: `inputs: {lower, upper}` (or `boxes:` a list of them, an OR of boxes) with `unsafe:` clauses
   (each an AND of rows like "Y_0 - Y_1 <= 0") or `safe:` rows that must all hold.
-Every problem is one SpecError naming the file, the place (line and key) and the fix.
+Every problem is one SpecError naming the file, the place (line and key) and the fix. The YAML itself is
+read strictly: a key given twice, an alias (*name) or nesting deeper than MAX_NESTING is an error, and
+numbers follow the VNN-LIB reader's rules (finite float64, inputs within +-MAX_INPUT_BOUND, at most
+MAX_SPEC_VALUES numbers in the Property).
 """
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -20,12 +24,64 @@ import yaml
 from verikit.errors import SpecError
 from verikit.region import Box, LpBall, parse_norm
 from verikit.spec.property import OutputClause, Property, RegionSpec
+from verikit.spec.sexpr import FINITE_FIX, read_text, shown
+from verikit.spec.vnnlib import MAX_INPUT_BOUND, MAX_SPEC_VALUES
 
 ROBUSTNESS_KEYS = ("input", "epsilon", "norm", "label", "target", "domain", "n_outputs", "description")
 EXPLICIT_KEYS = ("inputs", "boxes", "unsafe", "safe", "n_inputs", "n_outputs", "description")
 _ROW_TOKEN = re.compile(r"\s*(?:(?P<number>(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)|(?P<name>[A-Za-z_]\w*)"
                         r"|(?P<op><=|>=|==|=|<|>|[-+*])|(?P<bad>\S))")
 _COMPARISONS = ("<=", ">=", "==", "=", "<", ">")
+MAX_NESTING = 64  # specs nest lists about 3 deep; PyYAML composes nested nodes recursively
+
+
+class _Refused(yaml.MarkedYAMLError):
+    """YAML that parses but that a spec may not hold, with the fix to name."""
+
+    def __init__(self, problem: str, mark: yaml.Mark, fix: str):
+        super().__init__(problem=problem, problem_mark=mark)
+        self.fix = fix
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in a mapping (PyYAML keeps the last one silently), aliases
+    (a few lines of them can expand to billions of numbers), nesting deeper than MAX_NESTING, and values
+    whose construction fails (PyYAML raises a bare ValueError there)."""
+
+    def __init__(self, text: str):
+        super().__init__(text)
+        self.depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            raise _Refused("aliases (*name) are not read in specs", self.peek_event().start_mark,
+                           fix="write the values out where the alias stands")
+        if self.depth == MAX_NESTING:
+            raise _Refused(f"the YAML nests more than {MAX_NESTING} levels deep", self.peek_event().start_mark,
+                           fix="give inputs as a flat list of numbers or a .npy file")
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, OverflowError) as error:  # an integer of over 4300 digits, a 13th month ...
+            raise _Refused(f"cannot read this value ({str(error).split(';')[0]})", node.start_mark,
+                           fix="write a plain number or text there") from None
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        first_lines: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                key = self.construct_object(key_node)
+                if key in first_lines:
+                    raise _Refused(f"duplicate key '{key}' (first given on line {first_lines[key]})",
+                                   key_node.start_mark, fix="keep one of the two entries")
+                first_lines[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
 
 
 class _Document:
@@ -33,7 +89,13 @@ class _Document:
 
     def __init__(self, text: str, path: str, base: Path):
         self.path, self.base = path, base
-        loader = yaml.SafeLoader(text)
+        try:
+            loader = _StrictLoader(text)
+        except yaml.reader.ReaderError as error:  # a control character: its position is in characters
+            line = text.count("\n", 0, error.position) + 1
+            column = error.position - text.rfind("\n", 0, error.position)
+            raise SpecError(f"invalid YAML: the character U+{error.character:04X} is not allowed", path=path,
+                            place=f"line {line}, column {column}", fix="remove the control character there") from None
         try:
             node = loader.get_single_node()
             self.data = loader.construct_document(node) if node is not None else None
@@ -41,8 +103,8 @@ class _Document:
             mark = getattr(error, "problem_mark", None)
             place = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else None
             problem = getattr(error, "problem", None) or str(error)
-            raise SpecError(f"invalid YAML: {problem}", path=path, place=place,
-                            fix="fix the YAML syntax there (indentation, colons, brackets, quotes)") from None
+            fix = getattr(error, "fix", "fix the YAML syntax there (indentation, colons, brackets, quotes)")
+            raise SpecError(f"invalid YAML: {problem}", path=path, place=place, fix=fix) from None
         finally:
             loader.dispose()
         self.lines = {}
@@ -62,18 +124,25 @@ class _Document:
         return self.data[key]
 
     def number(self, value: Any, key: str) -> float:
-        """A finite number; strings such as '1e-3' (which YAML 1.1 reads as text) are accepted."""
+        """A finite number; strings such as '1e-3' (which YAML 1.1 reads as text) are accepted. Like VNN-LIB
+        literals, 1e-400 reads as 0 and a number beyond the largest float64 (1e400, .inf, .nan) is refused."""
         try:
             result = float(value) if not isinstance(value, bool) else None
+        except OverflowError:  # an integer beyond the float64 range
+            result = math.inf
         except (TypeError, ValueError):
             result = None
-        if result is None or not np.isfinite(result):
-            raise self.error(key, f"expected a number, got {value!r}", fix=f"write e.g. '{key.split('.')[-1]}: 0.5'")
+        if result is None:
+            raise self.error(key, f"expected a number, got {_shown(value)}",
+                             fix=f"write e.g. '{key.split('.')[-1]}: 0.5'")
+        if not math.isfinite(result):
+            raise self.error(key, f"expected a finite number, got {_shown(value)}",
+                             fix="write a number within +-1.8e308 (the float64 range)")
         return result
 
     def integer(self, value: Any, key: str, limit: int) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < limit:
-            raise self.error(key, f"expected a class index in 0..{limit - 1}, got {value!r}",
+            raise self.error(key, f"expected a class index in 0..{limit - 1}, got {_shown(value)}",
                              fix=f"give an integer between 0 and {limit - 1}")
         return value
 
@@ -87,16 +156,18 @@ class _Document:
                 raise self.error(key, f"cannot load {file}: {error}", fix="give an existing .npy file "
                                  "(paths are relative to the spec file)") from None
         if isinstance(value, str) and not re.fullmatch(r"\s*[-+]?[\d.]+([eE][-+]?\d+)?\s*", value):
-            raise self.error(key, f"expected numbers or a .npy file, got {value!r}",
+            raise self.error(key, f"expected numbers or a .npy file, got {_shown(value)}",
                              fix="give a list of numbers, a single number or a path ending in .npy")
         if isinstance(value, (int, float, str)) and not isinstance(value, bool):
             if size is None:
                 raise self.error(key, "a single number needs the input size",
                                  fix="add 'n_inputs: N', or give a full list of numbers")
-            return np.full(size, self.number(value, key))
+            number = self.number(value, key)
+            self.check_inputs(np.array([number]), key)
+            return np.full(size, number)
         try:
             array = np.asarray(value, dtype=np.float64).reshape(-1)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise self.error(key, "expected a list of numbers (or a .npy path)",
                              fix="write e.g. '[0.1, 0.2, 0.3]'") from None
         if not np.isfinite(array).all() or array.size == 0:
@@ -104,7 +175,15 @@ class _Document:
         if size is not None and array.size != size:
             raise self.error(key, f"expected {size} numbers, got {array.size}",
                              fix=f"give exactly {size} numbers (one per flattened input)")
+        self.check_inputs(array, key)
         return array
+
+    def check_inputs(self, values: np.ndarray, key: str) -> None:
+        """Input-space numbers must lie within +-MAX_INPUT_BOUND, as in VNN-LIB: float32 cannot bound more."""
+        if values.size and np.abs(values).max() > MAX_INPUT_BOUND:
+            index = int(np.argmax(np.abs(values) > MAX_INPUT_BOUND))
+            raise self.error(key, f"value {values[index]:g} at position {index} is beyond +-{MAX_INPUT_BOUND:g}, "
+                             "more than float32 can compute with", fix=f"keep inputs within +-{MAX_INPUT_BOUND:g}")
 
     def size(self, key: str, given: int | None, word: str) -> int | None:
         """The count in `key` (when present) reconciled with the one the caller (the model) gave."""
@@ -112,7 +191,10 @@ class _Document:
             return given
         value = self.data[key]
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise self.error(key, f"expected a positive integer, got {value!r}", fix=f"write '{key}: 10'")
+            raise self.error(key, f"expected a positive integer, got {_shown(value)}", fix=f"write '{key}: 10'")
+        if given is None and value > MAX_SPEC_VALUES:
+            raise self.error(key, f"{_shown(value)} {word} are more than the limit of {MAX_SPEC_VALUES}",
+                             fix="give the model's real size, or load the spec together with its model")
         if given is not None and given != value:
             raise self.error(key, f"the spec says {value} {word} but the model has {given}",
                              fix=f"set '{key}: {given}', or pair the spec with the right model")
@@ -124,6 +206,7 @@ def _robustness(doc: _Document, n_inputs: int | None, n_outputs: int | None) -> 
     epsilon = doc.number(doc.require("epsilon"), "epsilon")
     if epsilon < 0:
         raise doc.error("epsilon", f"epsilon must be >= 0, got {epsilon}", fix="give a non-negative radius")
+    doc.check_inputs(np.array([epsilon]), "epsilon")
     try:
         norm = parse_norm(doc.data.get("norm", "inf"))
     except ValueError:
@@ -132,6 +215,7 @@ def _robustness(doc: _Document, n_inputs: int | None, n_outputs: int | None) -> 
     if n_out is None:
         raise doc.error("label", "the number of outputs is unknown",
                         fix="add 'n_outputs: 10' (or load the spec together with its model)")
+    _check_values(doc, "n_outputs", n_out * n_out)  # one clause of n_out coefficients per other class
     label = doc.integer(doc.require("label"), "label", n_out)
     others = [j for j in range(n_out) if j != label]
     if "target" in doc.data:
@@ -151,6 +235,18 @@ def _robustness(doc: _Document, n_inputs: int | None, n_outputs: int | None) -> 
         clauses.append(OutputClause(row, torch.zeros(1, dtype=torch.float64)))
     ball = LpBall(torch.from_numpy(center)[None], torch.tensor([epsilon], dtype=torch.float64), norm, domain)
     return Property(center.size, n_out, (RegionSpec(ball, tuple(clauses)),), source=doc.path)
+
+
+def _check_values(doc: _Document, key: str, values: int) -> None:
+    """The Property may hold at most MAX_SPEC_VALUES numbers, as for VNN-LIB."""
+    if values > MAX_SPEC_VALUES:
+        raise doc.error(key, f"the spec would hold {values} coefficients, more than the limit of {MAX_SPEC_VALUES}",
+                        fix="check the number of outputs and the Y_j indices, or split the property")
+
+
+def _shown(value: Any) -> str:
+    """A value as quoted in a message, shortened: a broken file can hold long lists."""
+    return shown(repr(value))
 
 
 def _box(doc: _Document, value: Any, key: str, size: int | None) -> Box:
@@ -192,6 +288,7 @@ def _explicit(doc: _Document, n_inputs: int | None, n_outputs: int | None) -> Pr
     elif used > n_out:
         raise doc.error("unsafe" if "unsafe" in doc.data else "safe", f"Y_{used - 1} is used but there are "
                         f"only {n_out} outputs", fix=f"use Y_0 .. Y_{n_out - 1}")
+    _check_values(doc, "n_outputs", sum(map(len, clauses)) * n_out)
     output_clauses = tuple(_clause(rows, n_out) for rows in clauses)
     regions = tuple(RegionSpec(box, output_clauses) for box in boxes)
     return Property(boxes[0].lower.shape[1], n_out, regions, source=doc.path)
@@ -238,15 +335,18 @@ def _negate(row: tuple[dict[int, float], float]) -> tuple[dict[int, float], floa
 def _row(doc: _Document, text: Any, key: str) -> tuple[tuple[dict[int, float], float], str]:
     """Parse 'lhs OP rhs' over Y_j into ((lhs - rhs) as {j: c}, bound) with OP one of <=, >=, =."""
     if not isinstance(text, str):
-        raise doc.error(key, f"expected a row such as \"Y_0 - Y_1 <= 0\", got {text!r}", fix="quote the row")
+        raise doc.error(key, f"expected a row such as \"Y_0 - Y_1 <= 0\", got {_shown(text)}", fix="quote the row")
     tokens = [(m.lastgroup, m[m.lastgroup], m.start(m.lastgroup) + 1) for m in _ROW_TOKEN.finditer(text.rstrip())]
     ops = [i for i, token in enumerate(tokens) if token[1] in _COMPARISONS]
     if len(ops) != 1:
-        raise doc.error(key, f"'{text}' needs exactly one of <=, >=, =", fix="write e.g. \"Y_0 - Y_1 <= 0\"")
+        raise doc.error(key, f"'{shown(text)}' needs exactly one of <=, >=, =", fix="write e.g. \"Y_0 - Y_1 <= 0\"")
     left, left_constant = _linear(doc, text, tokens[:ops[0]], key)
     right, right_constant = _linear(doc, text, tokens[ops[0] + 1:], key)
     for j, c in right.items():
         left[j] = left.get(j, 0.0) - c
+    if not all(map(math.isfinite, [right_constant - left_constant, *left.values()])):
+        raise doc.error(key, f"'{shown(text)}' has a coefficient or bound beyond float64 (inf or nan)",
+                        fix=FINITE_FIX)
     op = {"<": "<=", ">": ">=", "==": "="}.get(tokens[ops[0]][1], tokens[ops[0]][1])
     return (left, right_constant - left_constant), op
 
@@ -257,7 +357,7 @@ def _linear(doc: _Document, text: str, tokens: list[tuple[str, str, int]], key: 
     constant, i = 0.0, 0
 
     def fail(column: int, what: str) -> SpecError:
-        return doc.error(key, f"in '{text}' at column {column}: expected {what}",
+        return doc.error(key, f"in '{shown(text)}' at column {column}: expected {what}",
                          fix="write rows as sums of terms like 2 * Y_0, -Y_1 or 3.5")
 
     while True:
@@ -273,7 +373,7 @@ def _linear(doc: _Document, text: str, tokens: list[tuple[str, str, int]], key: 
             kind, token, column = tokens[i]
             if kind == "number":
                 value *= float(token)
-            elif kind == "name" and re.fullmatch(r"Y_\d+", token) and variable is None:
+            elif kind == "name" and re.fullmatch(r"Y_[0-9]{1,18}", token) and variable is None:
                 variable = int(token[2:])
             else:
                 raise fail(column, "a number or an output Y_j (one per term)")
@@ -325,10 +425,5 @@ def parse_yaml_spec(text: str, path: str = "<yaml>", n_inputs: int | None = None
 def read_yaml_spec(path: str | Path, n_inputs: int | None = None, n_outputs: int | None = None) -> Property:
     """Read a .yaml / .yml spec file into a Property."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SpecError("no such file", path=str(path), fix="check the path of the spec") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise SpecError(f"cannot read the file: {error}", path=str(path), fix="give a YAML text file") from None
+    text = read_text(path, fix="give a YAML text file")
     return parse_yaml_spec(text, str(path), n_inputs, n_outputs, base=path.parent)
