@@ -114,10 +114,10 @@ def test_open_boxes_dealt_again_round_after_round_agree_with_one_process(tmp_pat
 
 
 def test_dealt_parts_hold_every_open_box_once():
-    from verikit.methods.bab import _Domains
+    from verikit.methods.bab import _Boxes
 
     lower = torch.rand(11, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    domains = _Domains(lower, lower + 1, torch.rand(11, 2, generator=torch.Generator().manual_seed(1)) > 0.5)
+    domains = _Boxes(lower, lower + 1, torch.rand(11, 2, generator=torch.Generator().manual_seed(1)) > 0.5)
     parts = domains.deal(4)
     assert len(parts) == 4 and sorted(len(part) for part in parts) == [2, 3, 3, 3]
     rows = torch.cat([torch.cat([p.lower, p.upper, p.open.double()], 1) for p in parts])

@@ -19,7 +19,7 @@ from verikit.onnx_runtime import evaluate
 from verikit.pipeline import VerifyOptions, verify
 from verikit.plugins import get_method
 from verikit.region import Box
-from verikit.spec.property import OutputClause, RegionSpec
+from verikit.spec.property import RegionSpec
 from verikit.spec.vnnlib import write_vnnlib
 
 RESNET = BENCHMARKS / "cifar10_resnet"

@@ -130,7 +130,7 @@ def test_backward_with_relaxation_is_an_upper_bound(op_type, shape, attributes, 
     box = random_box(shape, batch=2, seed=5)
     generator = torch.Generator().manual_seed(6)
     slopes = torch.rand(box.lower.shape, generator=generator, dtype=torch.float64) * 2 - 0.5
-    if hasattr(rule, "least_area_positions"):  # S-shaped: tangent positions (upper, lower), clamped into [0, 1]
+    if not rule.kinks and rule.offers("initial_parameters"):  # S-shaped: tangent positions, clamped into [0, 1]
         positions = (box.lower.shape[0], 2, *box.lower.shape[1:])
         slopes = torch.rand(positions, generator=generator, dtype=torch.float64) * 2 - 0.5
     relaxation = rule.relax(box, mode, lower_slope=slopes if mode == "optimizable" else None)

@@ -11,7 +11,8 @@ from onnx import numpy_helper
 
 from netgen import NetBuilder, cnn, every_family, mlp, tiny_net
 from verikit.errors import PluginError, VerikitError
-from verikit.lp.encode import F64, LPModel, encode_graph, encoding_bounds, select_problem
+from verikit.lp.encode import F64, LPModel, encode_graph, select_problem
+from verikit.methods.lp import encoding_bounds
 from verikit.methods.linear_relaxation import FastLin, LinearRelaxationOptions
 from verikit.methods.lp import DualLP, LPFull, LPOptions
 from verikit.onnx_import import load_model
@@ -203,12 +204,14 @@ def test_l2_balls_and_missing_encoders_are_clear_errors(networks):
     with pytest.raises(ValueError, match="solver"):
         DualLP().bound(graph, ball, torch.eye(3, dtype=F64)[None], LPOptions(solver="barrier"))
 
-    class Opaque:  # a third-party rule without encode_lp
+    from verikit.layers.base import LayerRule
+
+    class Opaque(LayerRule):  # a third-party rule without encode_lp
         linear = True
 
     broken = graph.to(F64)
     first = broken.nodes[0]
-    broken.nodes[0] = type(first)("n", "Foo", first.inputs, first.output, Opaque(), "acme")
+    broken.nodes[0] = type(first)("n", "Foo", first.inputs, first.output, object.__new__(Opaque), "acme")
     with pytest.raises(PluginError, match="needs `encode_lp` for op Foo"):
         DualLP().bound(broken, box_around(graph, 0.1), torch.eye(3, dtype=F64)[None])
 

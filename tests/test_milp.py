@@ -13,7 +13,8 @@ from conftest import benchmark_instances
 from netgen import every_family, mlp
 from test_lp import tiny_net
 from verikit.api import load_model, load_spec
-from verikit.lp.encode import F64, encoding_bounds
+from verikit.lp.encode import F64
+from verikit.methods.lp import encoding_bounds
 from verikit.methods.lp import DualLP
 from verikit.methods.milp import MILP, MILPOptions
 from verikit.plugins import get_method

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-import verikit.pipeline as pipeline
+import verikit.verdict as verdict_module
 from verikit.api import load_model, load_spec
 from verikit.lp.encode import select_problem
 from verikit.methods.bab import BaBOptions
@@ -54,7 +54,7 @@ def test_pinned_tiny_is_sat_and_reports_the_specs_own_values():
     prop, x = _confirmed_sat(PINNED_TINY / "m3_tiny.onnx", PINNED_TINY / "s1.vnnlib", timeout=20)
     box = prop.regions[0].region
     assert torch.equal(x, box.lower[0])  # both inputs pinned: the reported values are the spec's own
-    text = format_result(pipeline.Verdict("sat", counterexample=(x, torch.zeros(3))))
+    text = format_result(verdict_module.Verdict("sat", counterexample=(x, torch.zeros(3))))
     assert "(X_0 0.61957)" in text and "(X_1 -0.37429)" in text
 
 
@@ -62,7 +62,7 @@ def test_witness_of_the_pinned_cnn_violates_the_spec():
     graph = load_model(PINNED_CNN / "m32_cnn.onnx")
     prop = load_spec(PINNED_CNN / "s1.vnnlib", graph)
     witness = torch.tensor(json.loads((PINNED_CNN / "info.json").read_text())["witness"], dtype=torch.float64)
-    assert pipeline.confirm(graph, prop, (witness, None), "test") is not None
+    assert verdict_module.confirm(graph, prop, (witness, None), "test") is not None
 
 
 def test_leaf_lp_keeps_a_pinned_region_open():
@@ -73,7 +73,8 @@ def test_leaf_lp_keeps_a_pinned_region_open():
     spec = load_spec(PINNED_CNN / "s1_single.vnnlib", graph).regions[0]
     problem = _Problem(graph, spec, BaBOptions(), time.monotonic() + 30)
     bounds = problem._root_bounds()
-    still_open, candidates = solve_leaf(problem.graph64, spec, select_problem(bounds, 0), torch.ones(1, dtype=torch.bool))
+    every = torch.ones(1, dtype=torch.bool)
+    still_open, candidates = solve_leaf(problem.graph64, spec, select_problem(bounds, 0), every)
     assert bool(still_open[0]) and candidates
 
 
@@ -82,7 +83,7 @@ def test_leaf_lp_keeps_a_pinned_region_open():
 def test_no_unsat_even_when_no_counterexample_can_be_confirmed(model, spec, monkeypatch):
     # With confirmation unable to report a pinned value, branch and bound (ReLU splitting on the CNN,
     # input splitting on the two-input net, whose box is a single point) must end open, not refuted.
-    monkeypatch.setattr(pipeline, "reported_input", _float32_only)
+    monkeypatch.setattr(verdict_module, "reported_input", _float32_only)
     graph = load_model(model)
     verdict = verify(graph, load_spec(spec, graph), VerifyOptions(timeout=10, workers=1))
     assert verdict.status in ("unknown", "timeout"), (verdict.status, verdict.detail)

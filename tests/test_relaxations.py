@@ -82,7 +82,7 @@ def test_lines_sandwich_the_function_on_every_kind_of_interval(name, mode):
     rule_class, attributes = RULES[name]
     rule = elementwise(rule_class, **attributes)
     slopes = torch.rand(1, N, generator=torch.Generator().manual_seed(9), dtype=torch.float64) * 3 - 1
-    if hasattr(rule, "least_area_positions"):  # S-shaped: tangent positions (upper, lower) in [0, 1]
+    if not rule.kinks and rule.offers("initial_parameters"):  # S-shaped: tangent positions (upper, lower) in [0, 1]
         slopes = torch.rand(1, 2, N, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
     for kind, bound in interval_families().items():
         relaxation = rule.relax(bound, mode, lower_slope=slopes if mode == "optimizable" else None)
@@ -189,7 +189,7 @@ def test_s_shaped_least_area_lines_are_never_looser_than_the_papers_and_tighter_
 def test_s_shaped_optimizable_lines_start_at_the_least_area_ones_and_carry_gradients(name):
     rule = elementwise(RULES[name][0])
     for family, bound in interval_families().items():
-        positions = rule.least_area_positions(bound).requires_grad_(True)
+        positions = rule.initial_parameters(bound).requires_grad_(True)
         optimized, adaptive = rule.relax(bound, "optimizable", lower_slope=positions), rule.relax(bound, "optimizable")
         for field in ("lower_slope", "lower_intercept", "upper_slope", "upper_intercept"):
             assert torch.allclose(getattr(optimized, field), getattr(adaptive, field), atol=1e-9), (family, field)
@@ -301,7 +301,8 @@ def test_example_plugin_registers_softsign_through_the_entry_point_group():
     assert registered == [module.Softsign] and module.Softsign.op_types == ("Softsign",)
     project = tomllib.loads((PLUGIN / "pyproject.toml").read_text())
     assert project["project"]["name"] == "verikit-example" and "verikit" in project["project"]["dependencies"]
-    assert project["project"]["entry-points"]["verikit"] == {"example_softsign": "verikit_example.softsign"}
+    assert project["project"]["entry-points"]["verikit"] == {"example_softsign": "verikit_example.softsign",
+                                                             "example_clip": "verikit_example.clip"}
 
 
 def test_softsign_interval_and_relaxation():

@@ -7,17 +7,16 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 
+from verikit import capabilities
 from verikit.deadline import DeadlineReached, until
 from verikit.graph import Graph
-from verikit.methods.base import Verdict
 from verikit.plugins import get_method, registry
 from verikit.spec.property import Property, RegionSpec
+from verikit.verdict import Verdict, confirm
 
 DEFAULT_BOUND_ORDER = ("ibp", "crown", "alpha-crown", "group-dual")  # each only where it applies
 CHEAP_BOUNDS = ("ibp", "fast-lin", "crown", "cnn-cert")  # one pass each; the others iterate
@@ -106,7 +105,16 @@ class _Schedule:
         if self.low_dimensional:
             methods = [m for m in methods if m.name != "alpha-crown"]
         if options.methods is None:  # the default order: only the methods this graph suits
-            methods = [m for m in methods if m.applies(graph)]
+            methods = [m for m in methods if m.applies(graph) and not capabilities.missing(graph, m)]
+        else:  # the user's choice: a rule that lacks what a method needs is one clear error, now
+            for method in methods:
+                capabilities.check(graph, method)
+        chosen = [get_method(name) for name in (options.attack, self.complete) if name]
+        for method in chosen:
+            if method.name != DEFAULT_COMPLETE or options.complete != DEFAULT_COMPLETE:
+                capabilities.check(graph, method)
+            elif capabilities.missing(graph, method):
+                self.complete = None  # the default complete method, on a model it cannot take
         self.methods = methods
         self.strong_done = False
         self.cheap_seconds = 0.0  # spent in one-pass bound methods: the unit of an iterative one's cost
@@ -225,22 +233,19 @@ def _refute(graph: Graph, prop: Property, method, open_regions: list[_Open], dev
     still_open = []
     for item in open_regions:
         spec = prop.regions[item.region_index]
-        clauses = [spec.clauses[c] for c in item.clauses]
-        rows = torch.cat([c.coefficients for c in clauses]).unsqueeze(0)
-        rhs = torch.cat([c.rhs for c in clauses])
+        rows, rhs, owner = spec.rows(item.clauses)
         region = spec.region.to(torch.float32, device)
-        bound = method.bound(graph, region, rows.float().to(device), options)
+        bound = method.bound(graph, region, rows.float().unsqueeze(0).to(device), options)
         lower, upper = (side[0].double().cpu() - rhs for side in (bound.lower, bound.upper))
-        kept, offset = [], 0
-        for index, clause in zip(item.clauses, clauses):
-            count = clause.coefficients.shape[0]
-            if count and bool((upper[offset:offset + count] <= 0).all()):
+        kept = []
+        for position, index in enumerate(item.clauses):
+            mine = owner == position
+            if bool(mine.any()) and bool((upper[mine] <= 0).all()):
                 verdict = _violated_everywhere(graph, prop, spec, method.name)
                 if verdict is not None:
                     return verdict
-            if count == 0 or not bool((lower[offset:offset + count] > 0).any()):
+            if not bool(mine.any()) or not bool((lower[mine] > 0).any()):
                 kept.append(index)
-            offset += count
         if kept:
             still_open.append(_Open(item.region_index, kept))
     return still_open
@@ -266,42 +271,3 @@ def _restrict(prop: Property, open_regions: list[_Open]) -> Property:
         regions.append(RegionSpec(spec.region, tuple(spec.clauses[c] for c in item.clauses),
                                   spec.input_constraints))
     return Property(prop.n_inputs, prop.n_outputs, tuple(regions), prop.source)
-
-
-def confirm(graph: Graph, prop: Property, candidate, method: str) -> Verdict | None:
-    """A `sat` verdict if onnxruntime agrees that the candidate input violates the property.
-
-    The rule (README, "Counterexamples"): the reported input x lies in the spec's box exactly, in float64;
-    each coordinate is a float32 value wherever one lies in its interval, and the spec's own value where
-    none does (an input pinned to 0.1, say). The network is run by onnxruntime on float32(x), which differs
-    from x by at most half a float32 ulp, and its output must satisfy the unsafe clause with no tolerance:
-    never weaker than VNN-COMP's check, which allows 1e-4 on both."""
-    x = reported_input(prop, candidate[0].detach().double())
-    if graph.source and Path(graph.source).is_file():
-        from verikit.onnx_runtime import evaluate
-        y = torch.from_numpy(evaluate(graph.source, graph, x.numpy()[None]))[0]
-    else:
-        with torch.no_grad():
-            y = graph.to(torch.float32).forward_flat(x.float()[None])[0].double()
-    if not prop.is_counterexample(x, y):
-        return None
-    return Verdict("sat", method=method, counterexample=(x, y))
-
-
-def reported_input(prop: Property, x: torch.Tensor) -> torch.Tensor:
-    """The counterexample input to report for the float64 candidate x: clamped into the box of the
-    nearest region (a float32 search may end a rounding outside it; onnxruntime re-checks the output
-    anyway), each coordinate rounded to float32 (nudged one ulp back inside where rounding left the
-    box), or kept in float64 where no float32 value lies in its interval (a pinned or sub-ulp input)."""
-    boxes = [spec.region.bounding_box() for spec in prop.regions]
-    distances = [float((x - x.clamp(b.lower[0].double(), b.upper[0].double())).abs().max()) for b in boxes]
-    box = boxes[distances.index(min(distances))]
-    lower, upper = box.lower[0].double(), box.upper[0].double()
-    x = x.clamp(lower, upper)
-    x32 = x.float()
-    up = torch.nextafter(x32, torch.tensor(np.inf, dtype=torch.float32))
-    down = torch.nextafter(x32, torch.tensor(-np.inf, dtype=torch.float32))
-    x32 = torch.where(x32.double() < lower, up, x32)
-    x32 = torch.where(x32.double() > upper, down, x32)
-    inside = (x32.double() >= lower) & (x32.double() <= upper)
-    return torch.where(inside, x32.double(), x)

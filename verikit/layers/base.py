@@ -16,13 +16,27 @@ from verikit.errors import ModelError
 from verikit.graph import NodeInfo
 
 RELAXATION_MODES = ("same-slope", "adaptive", "zero", "optimizable")
+OPTIONAL_MEMBERS = ("reslope", "initial_parameters", "backward_patches", "encode_lp")
+MEMBERS = ("forward", "interval", "backward", "relax") + OPTIONAL_MEMBERS + ("exact_encoding",)  # a method's needs
 
 
 class LayerRule:
-    """One built ONNX node: its weights and attributes, and every rule to evaluate and bound it."""
+    """One built ONNX node: its weights and attributes, and every rule to evaluate and bound it.
+
+    Methods ask a rule what it can do, never its op name: the facts below (`linear`, `kinks`) and the
+    optional members a rule `offers` (see OPTIONAL_MEMBERS). A third party's rule that states them gets
+    the methods that use them without a change to verikit."""
 
     op_types: ClassVar[tuple[str, ...]] = ()
     linear: ClassVar[bool] = False
+    # A piecewise-linear elementwise op's kinks: the inputs where its slope changes (Relu: (0.0,), a Clip
+    # to [a, b]: (a, b)). A neuron whose interval holds no kink inside is exact under its relaxation;
+    # `bab` splits a neuron at a kink (ReLU splitting), `milp` encodes the pieces exactly, and
+    # `alpha-crown` optimises the free line through a kink (`reslope`). Empty for smooth ops.
+    kinks: tuple[float, ...] = ()
+    # Whether `encode_lp` with `model.exact` encodes the op exactly (binaries for its pieces), as `milp`
+    # needs; an S-shaped op's lines are only a relaxation.
+    exact_encoding: ClassVar[bool] = True
 
     def __init__(self, node: NodeInfo):
         """Record the node's name and the ONNX shapes of its computed inputs and of its output."""
@@ -52,6 +66,54 @@ class LayerRule:
               lower_slope: torch.Tensor | None = None) -> Relaxation:
         """Lines valid on the input interval `bound` (nonlinear rules only); mode in RELAXATION_MODES."""
         raise NotImplementedError
+
+    # ---- optional members: a rule offers one by overriding it (`offers`); methods check before use
+
+    def reslope(self, base: Relaxation, bound: Interval, parameters: torch.Tensor) -> Relaxation:
+        """Optional (alpha-crown, bab): relax(bound, "optimizable", parameters) computed from `base`, any
+        mode's relaxation on `bound`, without recomputing what the parameters do not change."""
+        raise NotImplementedError
+
+    def initial_parameters(self, bound: Interval) -> torch.Tensor:
+        """Optional (alpha-crown, bab): the parameters of mode "optimizable" (in [0, 1]; one per neuron,
+        or as the rule shapes them) where the ascent starts: a piecewise-linear rule's lines there equal
+        mode "adaptive"'s."""
+        raise NotImplementedError
+
+    def backward_patches(self, patches, relaxation: Relaxation | None = None):
+        """Optional (cnn-cert): `backward` on CNN-Cert patch coefficients, or None to fall back to
+        dense coefficients for this input."""
+        raise NotImplementedError
+
+    def encode_lp(self, model, inputs: list, bounds: list[Interval]):
+        """Optional (dual-lp, lp-full, milp, bab's leaf LPs): add the node's rows to an LP model
+        (verikit.lp.encode.LPModel; exact with binaries when `model.exact`) and return its output's
+        variable indices."""
+        raise NotImplementedError
+
+    @classmethod
+    def offers(cls, member: str) -> bool:
+        """Whether the rule implements `member` (one of MEMBERS: a required one may be missing from a
+        plugin's rule too; `relax` is needed by nonlinear rules only, so a linear rule offers it)."""
+        if member not in MEMBERS:
+            raise ValueError(f"{member!r} is not a layer-rule member: {', '.join(MEMBERS)}")
+        if member == "relax" and cls.linear:
+            return True
+        if member == "exact_encoding":
+            return cls.exact_encoding and cls.offers("encode_lp")
+        return getattr(cls, member) is not getattr(LayerRule, member)
+
+    def unstable(self, bound: Interval) -> torch.Tensor:
+        """Neurons whose relaxation on `bound` may be loose: a kink strictly inside the interval for a
+        piecewise-linear op, any width for a smooth one; False everywhere for a linear op."""
+        if self.linear:
+            return torch.zeros_like(bound.lower, dtype=torch.bool)
+        if not self.kinks:
+            return bound.upper - bound.lower > 1e-9
+        inside = torch.zeros_like(bound.lower, dtype=torch.bool)
+        for kink in self.kinks:
+            inside |= (bound.lower < kink) & (bound.upper > kink)
+        return inside
 
     def to(self, dtype: torch.dtype, device: str | torch.device = "cpu") -> "LayerRule":
         """A copy with every tensor attribute converted; rules keep their tensors as plain attributes."""

@@ -93,7 +93,8 @@ class ScaleShift(LinearRule):
         if op == "Mul":
             return cls(node, scale=constant)
         if op == "Sub":
-            return cls(node, shift=-constant) if first is None else cls(node, scale=torch.tensor(-1.0, dtype=torch.float32), shift=constant)
+            minus = torch.tensor(-1.0, dtype=torch.float32)
+            return cls(node, shift=-constant) if first is None else cls(node, scale=minus, shift=constant)
         if first is not None:
             raise cls.reject(node, "a constant divided by a computed tensor (c / x) is not linear",
                              "divide the computed tensor by the constant instead, or add a plugin for reciprocals")

@@ -87,6 +87,7 @@ class Relu(ElementwiseRule):
     """ONNX Relu: y = max(z, 0)."""
 
     op_types = ("Relu",)
+    kinks = (0.0,)
 
     @classmethod
     def build(cls, node: NodeInfo) -> "Relu":
@@ -99,9 +100,13 @@ class Relu(ElementwiseRule):
               lower_slope: torch.Tensor | None = None) -> Relaxation:
         return leaky_relu_relaxation(bound, 0.0, mode, lower_slope)
 
-    def reslope(self, base: Relaxation, bound: Interval, lower_slope: torch.Tensor) -> Relaxation:
-        """relax(bound, "optimizable", lower_slope) from `base`, any relaxation on `bound`."""
-        return leaky_relu_reslope(base, bound, 0.0, lower_slope)
+    def reslope(self, base: Relaxation, bound: Interval, parameters: torch.Tensor) -> Relaxation:
+        """relax(bound, "optimizable", parameters) from `base`, any relaxation on `bound`."""
+        return leaky_relu_reslope(base, bound, 0.0, parameters)
+
+    def initial_parameters(self, bound: Interval) -> torch.Tensor:
+        """CROWN's adaptive lower slopes: 1 where u >= -l, else 0 (clamped to [alpha, 1] when used)."""
+        return (bound.upper >= -bound.lower).to(bound.lower.dtype)
 
     def encode_lp(self, model: LPModel, inputs: list[np.ndarray], bounds: list[Interval]) -> np.ndarray:
         """Triangle relaxation (LP) or big-M with a binary (MILP) for unstable neurons; see encode_leaky_relu."""
@@ -112,6 +117,7 @@ class LeakyRelu(ElementwiseRule):
     """ONNX LeakyRelu: y = z for z >= 0 and alpha * z below, for 0 <= alpha <= 1 (default 0.01)."""
 
     op_types = ("LeakyRelu",)
+    kinks = (0.0,)
 
     def __init__(self, node: NodeInfo, alpha: float):
         super().__init__(node)
@@ -132,9 +138,11 @@ class LeakyRelu(ElementwiseRule):
               lower_slope: torch.Tensor | None = None) -> Relaxation:
         return leaky_relu_relaxation(bound, self.alpha, mode, lower_slope)
 
-    def reslope(self, base: Relaxation, bound: Interval, lower_slope: torch.Tensor) -> Relaxation:
-        """relax(bound, "optimizable", lower_slope) from `base`, any relaxation on `bound`."""
-        return leaky_relu_reslope(base, bound, self.alpha, lower_slope)
+    def reslope(self, base: Relaxation, bound: Interval, parameters: torch.Tensor) -> Relaxation:
+        """relax(bound, "optimizable", parameters) from `base`, any relaxation on `bound`."""
+        return leaky_relu_reslope(base, bound, self.alpha, parameters)
+
+    initial_parameters = Relu.initial_parameters
 
     def encode_lp(self, model: LPModel, inputs: list[np.ndarray], bounds: list[Interval]) -> np.ndarray:
         """Like Relu's, with the lower lines y >= z and y >= alpha z; see encode_leaky_relu."""

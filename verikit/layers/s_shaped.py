@@ -173,6 +173,8 @@ class SShapedRule(ElementwiseRule):
     "same-slope", "adaptive" and "zero" get the papers' lines, "optimizable" the tangents at given
     positions or, without them, the least-area tangents (module doc)."""
 
+    exact_encoding = False  # its LP rows are tangent and chord lines: `milp` cannot decide it exactly
+
     @staticmethod
     def function(z: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -194,9 +196,9 @@ class SShapedRule(ElementwiseRule):
             raise ValueError(f"unknown relaxation mode '{mode}'; choose one of {', '.join(RELAXATION_MODES)}")
         return s_shaped_relaxation(self.function, self.derivative, bound, mode, lower_slope)
 
-    def least_area_positions(self, bound: Interval) -> torch.Tensor:
-        """alpha-CROWN's parameters for this op ([B, 2, *shape] in [0, 1], passed to `relax` as
-        `lower_slope` in mode "optimizable"), at the least-area lines."""
+    def initial_parameters(self, bound: Interval) -> torch.Tensor:
+        """alpha-CROWN's parameters for this op, the tangent positions ([B, 2, *shape] in [0, 1], passed
+        to `relax` as `lower_slope` in mode "optimizable"), at the least-area lines."""
         return least_area_positions(self.function, self.derivative, bound)
 
     def encode_lp(self, model: LPModel, inputs: list[np.ndarray], bounds: list[Interval]) -> np.ndarray:

@@ -21,7 +21,6 @@ from numpy.lib.stride_tricks import sliding_window_view
 from verikit.bounds import Interval
 from verikit.errors import PluginError, VerikitError
 from verikit.graph import Graph
-from verikit.propagate.backward import compute_bounds, layer_bounds
 from verikit.region import LpBall, Region
 
 INF = np.inf
@@ -262,7 +261,7 @@ class Encoding:
 def check_encodable(graph: Graph, method: str) -> None:
     """Fail before any work when some node's layer plugin has no `encode_lp`."""
     missing = [f"{n.op_type} (plugin {n.plugin or type(n.rule).__module__})" for n in graph.nodes
-               if not hasattr(n.rule, "encode_lp")]
+               if not n.rule.offers("encode_lp")]
     if missing:
         raise PluginError(f"method {method} needs `encode_lp` for op {', '.join(dict.fromkeys(missing))}",
                           fix="add encode_lp to the layer plugin, or use a back-substitution method (crown)")
@@ -294,26 +293,15 @@ def encode_graph(graph: Graph, region: Region, bounds: dict[str, Interval], exac
     for node in graph.nodes:
         if until is not None and until in values:
             break
-        encode = getattr(node.rule, "encode_lp", None)
-        if encode is None:
+        if not node.rule.offers("encode_lp"):
             check_encodable(graph, "lp")
-        output = encode(model, [values[name] for name in node.inputs], [bounds[name] for name in node.inputs])
+        output = node.rule.encode_lp(model, [values[name] for name in node.inputs],
+                                     [bounds[name] for name in node.inputs])
         known = bounds.get(node.output)
         if known is not None:
             model.tighten(output, sample(known.lower), sample(known.upper))
         values[node.output] = output
     return Encoding(model, values, graph.input_name)
-
-
-def encoding_bounds(graph: Graph, region: Region, coefficients: torch.Tensor, mode: str,
-                    intermediate: dict[str, Interval] | None = None) -> tuple[Interval, dict[str, Interval]]:
-    """Back-substitution bounds (relaxation `mode`, float64, intersected with interval propagation) of the
-    rows and of every value of the graph. Pre-filled `intermediate` entries are used as given; the bounds
-    of the values feeding nonlinear nodes are written back into it."""
-    known = {} if intermediate is None else intermediate
-    rows = compute_bounds(graph, region, coefficients, mode, F64, known, intersect_ibp=True)
-    every = layer_bounds(graph.to(F64), region.to(F64), mode, dict(known), intersect_ibp=True)
-    return rows, every
 
 
 def select_problem(bounds: dict[str, Interval], index: int) -> dict[str, Interval]:

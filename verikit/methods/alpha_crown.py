@@ -37,7 +37,6 @@ from verikit.propagate.backward import (backward_bound, interval_of_rows, layer_
                                        upstream_in_reverse, values_to_relax)
 from verikit.region import Region
 
-SLOPED_OPS = ("Relu", "LeakyRelu")
 SLOPE_ENTRIES = 1 << 23  # problems x slopes optimised at once by tighten_each_neuron: a memory cap
 
 
@@ -82,8 +81,8 @@ class AlphaCrown(Method):
         if options.optimize_intermediate and _relaxed_neurons(graph) <= options.intermediate_limit:
             bounds, best = tighten_intermediate(graph, region, rows, bounds, options)
         result = optimize_rows(graph, region, rows, bounds, options)
-        crown = None  # ReLU slopes start at CROWN's: the ascent's first step is CROWN's bound already
-        if any(not node.linear and node.op_type not in SLOPED_OPS for node in graph.nodes):
+        crown = None  # piecewise-linear slopes start at CROWN's: the ascent's first step is CROWN's bound
+        if any(not node.linear and not node.rule.kinks for node in graph.nodes):
             with torch.no_grad():  # other ops (S-shaped) may start from other lines: CROWN's rows as a floor
                 shaped = rows.reshape(rows.shape[0], rows.shape[1], *graph.output_shape)
                 crown = backward_bound(graph, region, graph.output_name, shaped, bounds, "adaptive")
@@ -142,7 +141,7 @@ def optimize_folded(graph: Graph, region: Region, rows: torch.Tensor, bounds: di
     slopes = initial_slopes(graph, bounds)
     betas = {name: torch.zeros_like(sign, requires_grad=True) for name, sign in (split_signs or {}).items()}
     step_record: dict[str, torch.Tensor] | None = {} if record is not None else None
-    sloped = {node.output: node for node in graph.nodes if node.output in slopes and hasattr(node.rule, "reslope")}
+    sloped = {node.output: node for node in graph.nodes if node.output in slopes and node.rule.offers("reslope")}
     with torch.no_grad():  # the bounds stay fixed during the ascent: the slope-free lines are computed once
         bases = {name: node.rule.relax(bounds[node.inputs[0]], mode="adaptive") for name, node in sloped.items()}
     part = _select_open(None, region, rows, bounds, split_signs or {}, bases)  # the problems still ascending
@@ -202,8 +201,10 @@ def tighten_each_neuron(graph: Graph, region: Region, bounds: dict[str, Interval
     for position, name in enumerate(relaxed):
         bound = bounds[name]
         lower, upper = bound.lower.flatten(1)[0].clone(), bound.upper.flatten(1)[0].clone()
-        piecewise = all(node.op_type in SLOPED_OPS for node in graph.nodes if name in node.inputs)
-        loose = ((lower < 0) & (upper > 0)) if piecewise else (upper - lower > 1e-9)
+        loose = torch.zeros_like(lower, dtype=torch.bool)  # where some consumer's relaxation is loose
+        for node in graph.nodes:
+            if name in node.inputs:
+                loose |= node.rule.unstable(Interval(lower, upper))
         unstable = loose.nonzero()[:, 0]
         upstream = sum(prod(graph.shapes[node.inputs[0]]) for node in upstream_in_reverse(graph, name)
                        if not node.linear and node.inputs[0] in graph.shapes)
@@ -240,18 +241,14 @@ def _tighten_neurons(graph: Graph, region: Region, bounds: dict[str, Interval], 
 
 
 def initial_slopes(graph: Graph, bounds: dict[str, Interval]) -> dict[str, torch.Tensor]:
-    """The optimisable parameters, as leaves, at CROWN's adaptive choice: a ReLU / LeakyReLU's lower
-    slopes (1 where u >= -l, else 0), an S-shaped op's tangent positions (its `least_area_positions`)."""
+    """The optimisable parameters of every rule that offers them, as leaves, where each rule's
+    `initial_parameters` puts them (a ReLU's lower slopes at CROWN's choice, an S-shaped op's
+    tangent positions at the least-area lines)."""
     slopes = {}
     for node in graph.nodes:
-        if not node.inputs or node.inputs[0] not in bounds:
-            continue
-        bound = bounds[node.inputs[0]]
-        if node.op_type in SLOPED_OPS:
-            slopes[node.output] = (bound.upper >= -bound.lower).to(bound.lower.dtype).requires_grad_(True)
-        elif hasattr(node.rule, "least_area_positions"):
+        if node.inputs and node.inputs[0] in bounds and node.rule.offers("initial_parameters"):
             with torch.no_grad():
-                slopes[node.output] = node.rule.least_area_positions(bound).requires_grad_(True)
+                slopes[node.output] = node.rule.initial_parameters(bounds[node.inputs[0]]).requires_grad_(True)
     return slopes
 
 

@@ -26,12 +26,14 @@ import torch
 from verikit.graph import Graph
 from verikit.hookspecs import hookimpl
 from verikit.methods.bab_pool import POOL_AFTER, decide_in_pool, run_job, start_pool
-from verikit.methods.base import Method, Verdict
+from verikit.methods.base import Method
 from verikit.methods.relu_split import split_relus
 from verikit.plugins import get_method
+from verikit.propagate.backward import backward_bound, compute_bounds, layer_bounds, values_to_relax
 from verikit.propagate.forward import bounds_by_forward_mode, supports_forward_mode
 from verikit.region import Box, LpBall
 from verikit.spec.property import Property, RegionSpec
+from verikit.verdict import Verdict, confirm
 
 PART_SECONDS = 2.0  # input splitting in a pool: a part's time in a round before its open boxes go back ...
 ROUND_PARTS = 4  # ... and the parts a worker in a round, after which they are dealt again
@@ -100,7 +102,7 @@ class BranchAndBound(Method):
 
 
 @dataclass
-class _Domains:
+class _Boxes:
     """A stack of sub-boxes [D, n] with the clauses still open in each [D, clauses], and the count of
     point-like boxes left open that cannot be halved (`_split`): while any is, the answer is not unsat."""
 
@@ -112,18 +114,18 @@ class _Domains:
     def __len__(self) -> int:
         return self.lower.shape[0]
 
-    def pop(self, count: int) -> "_Domains":
-        taken = _Domains(self.lower[-count:], self.upper[-count:], self.open[-count:])
+    def pop(self, count: int) -> "_Boxes":
+        taken = _Boxes(self.lower[-count:], self.upper[-count:], self.open[-count:])
         self.lower, self.upper, self.open = self.lower[:-count], self.upper[:-count], self.open[:-count]
         return taken
 
-    def deal(self, count: int) -> list["_Domains"]:
+    def deal(self, count: int) -> list["_Boxes"]:
         """At most `count` parts, dealt like cards: the most recently split boxes (the end of the stack,
         where the hard corners are) spread over every part."""
-        return [_Domains(self.lower[i::count], self.upper[i::count], self.open[i::count],
+        return [_Boxes(self.lower[i::count], self.upper[i::count], self.open[i::count],
                          self.stuck if i == 0 else 0) for i in range(min(count, len(self)))]
 
-    def push(self, other: "_Domains") -> None:
+    def push(self, other: "_Boxes") -> None:
         self.lower = torch.cat([self.lower, other.lower])
         self.upper = torch.cat([self.upper, other.upper])
         self.open = torch.cat([self.open, other.open])
@@ -144,15 +146,13 @@ def _root_box(spec: RegionSpec) -> Box:
 
 
 def _split_inputs(graph: Graph, prop: Property, spec: RegionSpec, options: BaBOptions, deadline: float,
-                  start: "_Domains | None" = None, until: float | None = None) -> "Verdict | _Domains":
+                  start: "_Boxes | None" = None, until: float | None = None) -> "Verdict | _Boxes":
     """Branch and bound over one region's input box, or over the open sub-boxes `start`; with `until`,
     the sub-boxes still open at that time (or, at the end, none but the stuck ones' count) come back
     instead of a verdict (for a pool to re-deal)."""
-    from verikit.pipeline import confirm
-
     bounder = _RowBounder(graph, spec, get_method(options.bound_method), options.device)
     root = _root_box(spec)
-    queue = start if start is not None else _Domains(root.lower, root.upper,
+    queue = start if start is not None else _Boxes(root.lower, root.upper,
                                                      torch.ones(1, len(spec.clauses), dtype=torch.bool))
     graph64 = graph.to(torch.float64)
     bounded = 0
@@ -167,7 +167,7 @@ def _split_inputs(graph: Graph, prop: Property, spec: RegionSpec, options: BaBOp
         bounded += len(batch)
         batch.open &= ~refuted
         alive = batch.open.any(1)
-        batch = _Domains(batch.lower[alive], batch.upper[alive], batch.open[alive])
+        batch = _Boxes(batch.lower[alive], batch.upper[alive], batch.open[alive])
         if not len(batch):
             continue
         candidate = _probe(graph64, spec, batch)
@@ -227,10 +227,10 @@ def _split_inputs_in_rounds(graph: Graph, prop: Property, options: BaBOptions, d
             pending = [pool.apply_async(run_job, (job,)) for job in jobs[1:]]
             open_boxes = {}
             for index, result in [jobs[0]()] + [job.get() for job in pending]:
-                if isinstance(result, _Domains):
+                if isinstance(result, _Boxes):
                     stuck, result.stuck = stuck + result.stuck, 0
                     if len(result):
-                        open_boxes.setdefault(index, _Domains(result.lower[:0], result.upper[:0], result.open[:0]))
+                        open_boxes.setdefault(index, _Boxes(result.lower[:0], result.upper[:0], result.open[:0]))
                         open_boxes[index].push(result)
                 elif result.status != "unsat":  # sat (confirmed where it was found), or a domain limit
                     pool.terminate()
@@ -239,7 +239,7 @@ def _split_inputs_in_rounds(graph: Graph, prop: Property, options: BaBOptions, d
 
 
 def _round_part(graph: Graph, prop: Property, index: int, options: BaBOptions, deadline: float,
-                part: "_Domains", seconds: float) -> "tuple[int, Verdict | _Domains]":
+                part: "_Boxes", seconds: float) -> "tuple[int, Verdict | _Boxes]":
     """One worker's part of a round: region `index`'s sub-boxes `part` split for `seconds` at most."""
     end = min(deadline, time.monotonic() + seconds)
     return index, _split_inputs(graph, prop, prop.regions[index], options, deadline, part, end)
@@ -256,14 +256,13 @@ class _RowBounder:
         self.device = torch.device(device)
         self.graph, self.method = graph.to(torch.float32, self.device), method
         self.mode = self.ENGINE_MODES.get(method.name)
-        self.rows = torch.cat([c.coefficients for c in spec.clauses]).float().unsqueeze(0).to(self.device)
-        self.rhs = torch.cat([c.rhs for c in spec.clauses]).float().to(self.device)
-        self.owner = torch.cat([torch.full((c.coefficients.shape[0],), i) for i, c in enumerate(spec.clauses)])
-        self.owner = self.owner.to(self.device)
+        rows, rhs, owner = spec.rows()
+        self.rows = rows.float().unsqueeze(0).to(self.device)
+        self.rhs, self.owner = rhs.float().to(self.device), owner.to(self.device)
         self.clauses = len(spec.clauses)
         self.forward = supports_forward_mode(graph)
 
-    def refute(self, domains: "_Domains") -> tuple[torch.Tensor, torch.Tensor | None]:
+    def refute(self, domains: "_Boxes") -> tuple[torch.Tensor, torch.Tensor | None]:
         """[D, clauses] refuted flags, and [D, n] split sensitivities (None without the engine), on the
         CPU; the bounds themselves are computed on the bounder's device."""
         box = Box(domains.lower, domains.upper).to(torch.float32, self.device)  # rounded outward
@@ -271,8 +270,6 @@ class _RowBounder:
         if self.mode is None:
             bound = self.method.bound(self.graph, Box(lower, upper), self.rows, _wide_batches(self.method)).lower
             return self._refuted(bound.detach() - self.rhs).cpu(), None
-        from verikit.propagate.backward import compute_bounds
-
         with torch.no_grad():  # intermediate bounds once, without a graph for autograd
             intermediate = self._intermediate(Box(lower, upper))
         if not self.forward:
@@ -288,13 +285,11 @@ class _RowBounder:
             sensitivity[alive] = self._sensitivity(lower[alive], upper[alive], open_after[alive])
         return refuted.cpu(), sensitivity.double().cpu()
 
-    def _refute_by_row_gradient(self, domains: "_Domains", lower: torch.Tensor, upper: torch.Tensor,
+    def _refute_by_row_gradient(self, domains: "_Boxes", lower: torch.Tensor, upper: torch.Tensor,
                                 intermediate: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Without forward mode (a 2-D input with max pooling, say), the "sb" score: the spec row's
         input coefficients at fixed intermediate bounds, |coefficient| x width (the radius gradient
         through full back-substitution costs far more than the splits it saves)."""
-        from verikit.propagate.backward import compute_bounds
-
         center = ((lower + upper) / 2).requires_grad_(True)
         radius = (upper - lower) / 2
         box = Box(torch.minimum(center - radius, lower), torch.maximum(center + radius, upper))  # float32 rounding
@@ -310,8 +305,6 @@ class _RowBounder:
         """How much each input's half-width costs the most promising row of each open clause: minus the
         gradient in the radius of a forward-mode-intermediate CROWN bound, which sees both the final
         concretization and the looser relaxations a wide input causes upstream ([D, n], >= 0)."""
-        from verikit.propagate.backward import backward_bound
-
         center = (lower + upper) / 2
         radius = ((upper - lower) / 2).requires_grad_(True)
         box = Box(center - radius, center + radius)
@@ -327,8 +320,6 @@ class _RowBounder:
     def _intermediate(self, box: Box) -> dict:
         """Bounds of every value a nonlinearity reads. Where the graph allows, forward-mode bounds first
         (cheap on a few inputs), then back-substitution only for the neurons they leave unstable."""
-        from verikit.propagate.backward import layer_bounds, values_to_relax
-
         reference = bounds_by_forward_mode(self.graph, box, self.mode) if self.forward else None
         bounds = layer_bounds(self.graph, box, self.mode, {}, batch_rows=1 << 30, reference=reference,
                               skip_stable=self.forward)
@@ -360,7 +351,7 @@ def _violation(graph64: Graph, spec: RegionSpec, points: torch.Tensor, open_clau
     return value.masked_fill(~open_clauses, float("inf")).amin(-1)
 
 
-def _probe(graph64: Graph, spec: RegionSpec, domains: _Domains, local_starts: int = 64, steps: int = 12):
+def _probe(graph64: Graph, spec: RegionSpec, domains: _Boxes, local_starts: int = 64, steps: int = 12):
     """A counterexample candidate in the open domains, or None: their centres first, then a few signed
     gradient steps inside each of the `local_starts` domains whose centres come closest to violating."""
     points = (domains.lower + domains.upper) / 2
@@ -384,7 +375,7 @@ def _probe(graph64: Graph, spec: RegionSpec, domains: _Domains, local_starts: in
     return None
 
 
-def _forward_sensitivity(graph64: Graph, spec: RegionSpec, domains: _Domains) -> torch.Tensor:
+def _forward_sensitivity(graph64: Graph, spec: RegionSpec, domains: _Boxes) -> torch.Tensor:
     """|gradient| of the best open clause's violation at each domain centre: [D, n]."""
     centers = ((domains.lower + domains.upper) / 2).requires_grad_(True)
     violation = _violation(graph64, spec, centers, domains.open)
@@ -392,7 +383,7 @@ def _forward_sensitivity(graph64: Graph, spec: RegionSpec, domains: _Domains) ->
     return gradient.abs()
 
 
-def _split(domains: _Domains, sensitivity: torch.Tensor) -> tuple[_Domains, int]:
+def _split(domains: _Boxes, sensitivity: torch.Tensor) -> tuple[_Boxes, int]:
     """Halve every domain along the input with the largest sensitivity x width; also the count of
     domains with no input left to halve (every width zero or one float apart, as pinned inputs are):
     a bound that cannot refute such a point-like domain never will, so it stays open."""
@@ -403,13 +394,13 @@ def _split(domains: _Domains, sensitivity: torch.Tensor) -> tuple[_Domains, int]
     splittable = (middle > domains.lower[index, dimension]) & (middle < domains.upper[index, dimension])
     if not bool(splittable.all()):
         keep = splittable.nonzero()[:, 0]
-        children, _ = _split(_Domains(domains.lower[keep], domains.upper[keep], domains.open[keep]),
+        children, _ = _split(_Boxes(domains.lower[keep], domains.upper[keep], domains.open[keep]),
                              sensitivity[keep])
         return children, int((~splittable).sum())
     left_upper, right_lower = domains.upper.clone(), domains.lower.clone()
     left_upper[index, dimension] = middle
     right_lower[index, dimension] = middle
-    return _Domains(torch.cat([domains.lower, right_lower]), torch.cat([left_upper, domains.upper]),
+    return _Boxes(torch.cat([domains.lower, right_lower]), torch.cat([left_upper, domains.upper]),
                     torch.cat([domains.open, domains.open])), 0
 
 

@@ -19,8 +19,7 @@ from typing import Callable
 import torch
 
 from verikit.graph import Graph
-from verikit.methods.base import Verdict
-from verikit.region import Box
+from verikit.verdict import Verdict
 from verikit.spec.property import Property, RegionSpec
 
 POOL_AFTER = 2.0  # seconds of search alone before workers start: most searches end sooner, and starting

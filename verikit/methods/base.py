@@ -1,7 +1,7 @@
 """The method contract: bound, attack and complete methods, each with an options dataclass."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -9,23 +9,12 @@ import torch
 from verikit.bounds import Interval
 from verikit.graph import Graph
 from verikit.region import Region
+from verikit.verdict import Verdict  # noqa: F401  (methods return it; it lives in the core)
 
 
 @dataclass
 class NoOptions:
     """This method takes no options."""
-
-
-@dataclass
-class Verdict:
-    """The outcome of a verification: `sat` carries a counterexample (flat input and output)."""
-
-    status: str  # "sat" | "unsat" | "unknown" | "timeout" | "error"
-    method: str = ""
-    counterexample: tuple[torch.Tensor, torch.Tensor] | None = None
-    seconds: float = 0.0
-    detail: str = ""
-    notes: list[str] = field(default_factory=list)
 
 
 class Method:

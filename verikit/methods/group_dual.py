@@ -1,10 +1,10 @@
 """`group-dual`: Lagrangian decomposition over groups of neurons that read the same few inputs.
 
 For a network with one activation layer, z = A x + c (linear ops before it), y = T(act(z)) (linear ops
-after it; act a ReLU or LeakyReLU), an output row r gives f(x) = r . y = sum_n v_n act(z_n) + d, with v
-the row's coefficients on act(z). Neurons whose weights touch the same set S of inputs (a convolution's
-channels at one position, over their small patch) form a group g, and f is the sum of the groups'
-f_g(x_S). Each group gets its own copy x_g of its inputs, priced by multipliers lambda_g (Lagrangian
+after it; act piecewise linear, as a ReLU or LeakyReLU: a rule with `kinks`), an output row r gives
+f(x) = r . y = sum_n v_n act(z_n) + d, with v the row's coefficients on act(z). Neurons whose weights
+touch the same set S of inputs (a convolution's channels at one position, over their small patch) form
+a group g, and f is the sum of the groups' f_g(x_S). Each group gets its own copy x_g of its inputs, priced by multipliers lambda_g (Lagrangian
 decomposition, Bunel et al. 2020); by weak duality, for every lambda
 
     min f >= sum_g min_{x_g in box_S} [f_g(x_g) + lambda_g . x_g] + min_{x in region} [-(sum_g lambda_g) . x] + d.
@@ -36,7 +36,6 @@ from verikit.hookspecs import hookimpl
 from verikit.methods.base import Method
 from verikit.region import Region
 
-ACTIVATIONS = ("Relu", "LeakyRelu")
 MAX_GROUP_NEURONS = 32  # a group's neurons: C(neurons + 2 d, d) vertex candidates are solved for
 INPUT_CHUNK = 64  # unit inputs pushed through the layer at once to read its weights
 ENTRIES = 1 << 24  # rows x groups x vertices scored at once: a memory cap
@@ -127,12 +126,13 @@ def one_layer(graph: Graph, max_group_inputs: int) -> OneLayer:
     naming what does not fit when the graph is not of that form (another nonlinear op, a later node
     reading values before the activation, a neuron reading more than `max_group_inputs` inputs)."""
     def refuse(place: str, what: str) -> PluginError:
-        return PluginError(f"group-dual needs one ReLU/LeakyReLU layer with only linear ops around it, whose "
+        return PluginError(f"group-dual needs one piecewise-linear activation layer (a rule with kinks: ReLU, "
+                           f"LeakyReLU, ...) with only linear ops around it, whose "
                            f"neurons each read at most {max_group_inputs} inputs; {what}", path=graph.source or None,
                            place=place, fix="use alpha-crown or crown for this network")
 
     nonlinear = [i for i, node in enumerate(graph.nodes) if not node.linear]
-    if len(nonlinear) != 1 or graph.nodes[nonlinear[0]].op_type not in ACTIVATIONS:
+    if len(nonlinear) != 1 or not graph.nodes[nonlinear[0]].rule.kinks:
         names = ", ".join(f"{graph.nodes[i].op_type} {graph.nodes[i].name}" for i in nonlinear[:3])
         raise refuse("nonlinear nodes", f"this network has {len(nonlinear)} ({names}{', ...' * (len(nonlinear) > 3)})")
     position = nonlinear[0]
@@ -275,8 +275,10 @@ def _group_part(group: _Group, act, slopes: torch.Tensor, lower: torch.Tensor, u
     center, radius = (lower + upper) / 2, (upper - lower) / 2
     z = Interval(group.weights @ center + group.bias - group.weights.abs() @ radius,
                  group.weights @ center + group.bias + group.weights.abs() @ radius)
-    unstable = (z.lower < 0) & (z.upper > 0)
-    vertices = _vertices(group.weights[unstable], group.bias[unstable], lower, upper)
+    # every kink inside a neuron's interval cuts the box along weights . x + bias = kink
+    planes = [(group.weights[inside], group.bias[inside] - kink) for kink in act.kinks
+              for inside in [(z.lower < kink) & (z.upper > kink)]]
+    vertices = _vertices(torch.cat([w for w, _ in planes]), torch.cat([b for _, b in planes]), lower, upper)
     with torch.no_grad():
         values = slopes[:, group.neurons] @ act.forward(group.weights @ vertices.T + group.bias.unsqueeze(1))
         lines = act.relax(z, mode="adaptive")

@@ -25,11 +25,22 @@ from verikit import deadline
 from verikit.bounds import Interval, Relaxation
 from verikit.graph import Graph, Node
 from verikit.hookspecs import hookimpl
-from verikit.lp.encode import (F64, LP_SOLVERS, Encoding, check_encodable, encode_graph, encoding_bounds,
-                               sample, select_problem)
+from verikit.lp.encode import F64, LP_SOLVERS, Encoding, check_encodable, encode_graph, sample, select_problem
 from verikit.methods.base import Method
-from verikit.propagate.backward import SIDES
+from verikit.propagate.backward import SIDES, compute_bounds, layer_bounds
 from verikit.region import Region
+
+
+def encoding_bounds(graph: Graph, region: Region, coefficients: torch.Tensor, mode: str,
+                    intermediate: dict[str, Interval] | None = None) -> tuple[Interval, dict[str, Interval]]:
+    """Back-substitution bounds (relaxation `mode`, float64, intersected with interval propagation) of the
+    rows and of every value of the graph, which box an LP / MILP encoding's variables. Pre-filled
+    `intermediate` entries are used as given; the bounds of the values feeding nonlinear nodes are
+    written back into it."""
+    known = {} if intermediate is None else intermediate
+    rows = compute_bounds(graph, region, coefficients, mode, F64, known, intersect_ibp=True)
+    every = layer_bounds(graph.to(F64), region.to(F64), mode, dict(known), intersect_ibp=True)
+    return rows, every
 
 
 @dataclass

@@ -24,7 +24,8 @@ from verikit.bounds import Interval
 from verikit.errors import VerikitError
 from verikit.graph import Graph
 from verikit.hookspecs import hookimpl
-from verikit.lp.encode import F64, Encoding, Solution, check_encodable, encode_graph, encoding_bounds, select_problem
+from verikit.lp.encode import F64, Encoding, Solution, check_encodable, encode_graph, select_problem
+from verikit.methods.lp import encoding_bounds
 from verikit.methods.base import Method, Verdict
 from verikit.region import Region
 from verikit.spec.property import OutputClause, Property, RegionSpec
@@ -57,7 +58,7 @@ class MILP(Method):
     kind = "complete"
     summary = "exact MILP encoding (big-M from crown bounds) solved by HiGHS (Tjeng et al. 2019)"
     Options = MILPOptions
-    needs = ("forward", "interval", "backward", "relax", "encode_lp")
+    needs = ("forward", "interval", "backward", "relax", "encode_lp", "exact_encoding")
 
     def bound(self, graph: Graph, region: Region, coefficients: torch.Tensor, options: MILPOptions | None = None,
               intermediate: dict[str, Interval] | None = None) -> Interval:

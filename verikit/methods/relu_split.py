@@ -1,17 +1,18 @@
-"""Branch and bound over ReLU phases (Bunel et al. 2018/2020; beta-CROWN, Wang et al. 2021).
+"""Branch and bound over ReLU phases (Bunel et al. 2018/2020; beta-CROWN, Wang et al. 2021), and over
+the pieces of any piecewise-linear activation whose rule states its `kinks`.
 
-A domain is the region plus a set of ReLU phase decisions: {x in region : z_j(x) >= 0 for the neurons
-j split active, z_j(x) <= 0 for those split inactive}, with z_j the ReLU's input. A decision is stored
-as a fixed intermediate bound (active: lower = max(lower, 0); inactive: upper = min(upper, 0)), and
+A domain is the region plus a set of phase decisions: {x in region : z_j(x) >= k_j for the neurons j
+split above, z_j(x) <= k_j for those split below}, with z_j the activation's input and k_j a kink of
+it inside z_j's interval (0 for a ReLU: active / inactive). A decision is stored
+as a fixed intermediate bound (above: lower = max(lower, k); below: upper = min(upper, k)), and
 every later layer is re-bounded with all of the domain's bounds kept (backward.layer_bounds'
 `reference`; with `relu_intermediate_steps`, by slopes optimised through those layers,
 alpha_crown.tighten_intermediate). This is sound for the sub-domain: at every point of it the
-pre-activations lie inside the parent's bounds (the parent contains the domain) and have the decided
-signs, so they lie inside the kept intervals; the relaxations built on those intervals hold at every
+pre-activations lie inside the parent's bounds (the parent contains the domain) and on the decided
+sides, so they lie inside the kept intervals; the relaxations built on those intervals hold at every
 point of the domain, and back-substitution over the whole region (a superset) bounds the outputs on
-the domain. Splitting a
-neuron cuts a domain into z_j >= 0 and z_j <= 0, which together cover it, so refuting every leaf
-refutes the region. A domain whose kept bounds cross (lower > upper) is empty.
+the domain. Splitting a neuron cuts a domain into z_j >= k and z_j <= k, which together cover it, so
+refuting every leaf refutes the region. A domain whose kept bounds cross (lower > upper) is empty.
 
 Each step takes the hardest open domains (lowest bound), splits each on the neuron of largest
 BaBSR-like score (the backward coefficient on the ReLU's output times the intercept -l u / (u - l) of
@@ -44,12 +45,11 @@ from verikit.methods.alpha_crown import (AlphaCrownOptions, fold, optimize_folde
 from verikit.lp.encode import select_problem
 from verikit.methods.bab_pool import POOL_AFTER, WORKER_START, decide_jobs, start_pool
 from verikit.methods.relu_probes import attack, solve_leaf
-from verikit.methods.base import Verdict
 from verikit.propagate.backward import layer_bounds, values_to_relax
 from verikit.region import Region
 from verikit.spec.property import Property, RegionSpec
+from verikit.verdict import Verdict, confirm
 
-SPLIT_OPS = ("Relu", "LeakyRelu")
 DOMAINS_PER_WORKER = 16  # open domains a worker, at least, before the search is shared out ...
 SHARES_PER_WORKER = 4  # ... in this many parts a worker (some finish early: the rest keep workers busy)
 ROOT_SHARE = 0.25  # of the time left, at most, for tightening the root's neurons one by one
@@ -59,13 +59,33 @@ F32 = torch.float32
 
 @dataclass
 class _Layer:
-    """The input value of one ReLU node, its output value, and its slice of the global neuron index."""
+    """The input value of one piecewise-linear node (a rule with `kinks`: ReLU, LeakyReLU, a plugin's
+    Clip), its output value, its slice of the global neuron index, and the rule."""
 
     value: str
     output: str
     offset: int
     size: int
     position: int  # index of the producing node in graph.nodes
+    rule: object
+
+    def split_points(self, lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
+        """Per neuron, the kink inside (lower, upper) nearest its middle (a split there cuts the interval
+        into two pieces, each nearer exact); NaN where none is inside."""
+        kinks = torch.tensor(self.rule.kinks, dtype=lower.dtype, device=lower.device)
+        inside = (lower.unsqueeze(-1) < kinks) & (upper.unsqueeze(-1) > kinks)
+        distance = (kinks - ((lower + upper) / 2).unsqueeze(-1)).abs().masked_fill(~inside, float("inf"))
+        chosen = kinks[distance.argmin(-1)]
+        return torch.where(inside.any(-1), chosen, torch.full_like(chosen, float("nan")))
+
+    def looseness(self, lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
+        """How far the adaptive upper line lies above the function at the split point (for a ReLU, the
+        intercept -l u / (u - l) of BaBSR's score); 0 where no kink is inside."""
+        point = self.split_points(lower, upper)
+        lines = self.rule.relax(Interval(lower, upper), "adaptive")
+        at = torch.nan_to_num(point)
+        gap = lines.upper_slope * at + lines.upper_intercept - self.rule.forward(at)
+        return torch.where(torch.isnan(point), torch.zeros_like(gap), gap.clamp_min(0))
 
 
 @dataclass
@@ -113,8 +133,6 @@ def split_relus(graph: Graph, prop: Property, spec: RegionSpec, options, deadlin
     counterexample that verify.confirm accepts. With `options.workers` > 1, the open domains are
     shared out to worker processes once there are a few per worker and the search has gone on alone
     for POOL_AFTER seconds (bab_pool.py)."""
-    from verikit.pipeline import confirm
-
     if any(clause.coefficients.shape[0] == 0 for clause in spec.clauses):  # no row: the whole region is unsafe
         center = spec.region.project(spec.region.bounding_box().center.unsqueeze(1))[0, 0].double()
         with torch.no_grad():
@@ -158,8 +176,6 @@ def _search(problem: "_Problem", prop: Property, outcome: "_Outcome", options, d
     """The branch-and-bound loop from a first outcome: the verdict, or, once `share_at` domains are
     open and the clock has passed `share_after`, the open domains and the count of stuck ones (for the
     caller to share out)."""
-    from verikit.pipeline import confirm
-
     queue, stuck, bounded = outcome.domains, outcome.stuck, 1
     while True:
         for candidate in outcome.candidates:
@@ -202,10 +218,9 @@ class _Problem:
         self.device = torch.device(device)
         self.graph, self.graph64, self.spec = graph.to(F32, self.device), graph.to(torch.float64), spec
         self.region = spec.region.to(F32, self.device)
-        self.rows = torch.cat([c.coefficients for c in spec.clauses]).to(self.device, F32)
-        self.rhs = torch.cat([c.rhs for c in spec.clauses]).to(self.device, F32)
-        self.owner = torch.cat([torch.full((c.coefficients.shape[0],), i, device=self.device)
-                                for i, c in enumerate(spec.clauses)])
+        rows, rhs, owner = spec.rows()
+        self.rows, self.rhs = rows.to(self.device, F32), rhs.to(self.device, F32)
+        self.owner = owner.to(self.device)
         self.alpha = AlphaCrownOptions(steps=options.relu_alpha_steps, deadline=deadline)
         self.intermediate = dataclasses.replace(self.alpha, steps=options.relu_intermediate_steps,
                                                 batch_rows=options.relu_batch_rows)
@@ -285,8 +300,9 @@ class _Problem:
             if name == layer.value:
                 shape = lower.shape
                 lower, upper = lower.flatten(1).clone(), upper.flatten(1).clone()
-                lower[index, local] = lower[index, local].clamp(min=0)  # active: z >= 0
-                upper[count + index, local] = upper[count + index, local].clamp(max=0)  # inactive: z <= 0
+                point = layer.split_points(lower[index, local], upper[index, local])
+                lower[index, local] = torch.maximum(lower[index, local], point)  # above the kink: z >= k
+                upper[count + index, local] = torch.minimum(upper[count + index, local], point)  # below: z <= k
                 lower, upper = lower.reshape(shape), upper.reshape(shape)
             reference[name] = Interval(lower, upper)
         known = {k: v for k, v in reference.items() if self.positions.get(k, -1) <= layer.position}
@@ -338,28 +354,28 @@ class _Problem:
         also the backward coefficients at the best step and the bounds folded per pair."""
         folded_region, folded_bounds = fold(self.graph, region, bounds, domain)
         rows = self.rows[row].reshape(len(row), 1, *self.graph.output_shape)
-        signs = {layer.value: _signs(folded_bounds[layer.value]) for layer in self.layers} if self.beta else None
+        signs = {layer.value: _signs(folded_bounds[layer.value]) for layer in self.layers
+                 if layer.rule.kinks == (0.0,)} if self.beta else None  # beta-CROWN's terms: splits at 0
         record: dict[str, torch.Tensor] = {}
         lower = optimize_folded(self.graph, folded_region, rows, folded_bounds, self.alpha, record, signs,
                                 stop_at=self.rhs[row])
         return lower - self.rhs[row], record, folded_bounds
 
     def _branch_scores(self, bounds, folded_bounds, record, domain, live, count) -> torch.Tensor:
-        """[D, neurons]: summed over each domain's open rows, the coefficient on every unstable ReLU's
-        output times its upper line's intercept -l u / (u - l), times (1 + unstable share)^power of
-        every ReLU layer after the neuron's (a split re-bounds those layers), over its layer's relative
-        cost of a split (self.costs); -inf where stable."""
+        """[D, neurons]: summed over each domain's open rows, the coefficient on every unstable neuron's
+        output times its upper line's looseness at the split point (a ReLU's intercept -l u / (u - l)),
+        times (1 + unstable share)^power of every split layer after the neuron's (a split re-bounds
+        those layers), over its layer's relative cost of a split (self.costs); -inf where stable."""
         parts = []
         for layer in self.layers:
             folded = folded_bounds[layer.value]
             lower, upper = folded.lower.flatten(1), folded.upper.flatten(1)
             coefficient = record[layer.output].flatten(2)[:, 0] * live.unsqueeze(1)
-            unstable = (lower < 0) & (upper > 0)
-            intercept = torch.where(unstable, -lower * upper / (upper - lower).clamp_min(1e-12), 0.0)
+            intercept = layer.looseness(lower, upper)
             per_pair = coefficient.clamp(min=0) * intercept + 1e-6 * coefficient.abs() * intercept
             score = per_pair.new_zeros(count, layer.size).index_add_(0, domain, per_pair)
             whole = bounds[layer.value]
-            stable = ((whole.lower >= 0) | (whole.upper <= 0)).flatten(1).expand(count, -1)
+            stable = (~layer.rule.unstable(whole)).flatten(1).expand(count, -1)
             parts.append(score.masked_fill(stable, float("-inf")))
         weight, relative_cost = parts[0].new_ones(count, 1), self.costs.relative()
         for index in range(len(parts) - 1, -1, -1):  # from the last layer back: the looseness after each
@@ -405,14 +421,15 @@ class _SplitCosts:
 
 
 def _relu_layers(graph: Graph) -> list[_Layer]:
-    """Every ReLU / LeakyReLU input value that can be split (not the graph input itself), in order."""
+    """Every input value of a piecewise-linear node (a rule with kinks) that can be split (not the graph
+    input itself), in order."""
     positions = {node.output: i for i, node in enumerate(graph.nodes)}
     layers, offset = [], 0
     for node in graph.nodes:
         value = node.inputs[0] if node.inputs else None
-        if node.op_type in SPLIT_OPS and value in positions and all(l.value != value for l in layers):
+        if node.rule.kinks and value in positions and all(l.value != value for l in layers):
             size = prod(graph.shapes[value])
-            layers.append(_Layer(value, node.output, offset, size, positions[value]))
+            layers.append(_Layer(value, node.output, offset, size, positions[value], node.rule))
             offset += size
     return layers
 

@@ -332,7 +332,7 @@ def compute_bounds(graph: Graph, region: Region, coefficients: torch.Tensor, mod
 
 def patch_capable(node: Node) -> bool:
     """Whether the node's rule can push patches at all (it may still decline for some shapes)."""
-    return _generic_elementwise(node.rule) or hasattr(node.rule, "backward_patches")
+    return _generic_elementwise(node.rule) or node.rule.offers("backward_patches")
 
 
 def _generic_elementwise(rule) -> bool:
@@ -345,7 +345,7 @@ def _push(node: Node, coefficients, relaxation):
         pushed = None
         if _generic_elementwise(node.rule) and isinstance(relaxation, Relaxation):
             pushed = push_elementwise(coefficients, relaxation)
-        elif hasattr(node.rule, "backward_patches"):
+        elif node.rule.offers("backward_patches"):
             pushed = node.rule.backward_patches(coefficients, relaxation)
         if pushed is not None:
             return pushed

@@ -48,6 +48,14 @@ class RegionSpec:
     clauses: tuple[OutputClause, ...]
     input_constraints: InputConstraints | None = None
 
+    def rows(self, clauses: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The rows `c . y <= d` of the given clauses (default all), stacked: coefficients [R, n_out],
+        right-hand sides [R], and the clause (its position in that list) each row belongs to [R]."""
+        chosen = [self.clauses[i] for i in (range(len(self.clauses)) if clauses is None else clauses)]
+        owner = [torch.full((c.coefficients.shape[0],), k, dtype=torch.long) for k, c in enumerate(chosen)]
+        return (torch.cat([c.coefficients for c in chosen]), torch.cat([c.rhs for c in chosen]),
+                torch.cat(owner) if owner else torch.zeros(0, dtype=torch.long))
+
     def violation(self, inputs: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
         """How far each point is from satisfying the best clause: <= 0 means it is a counterexample
         (region membership is checked separately). Shapes: inputs [..., n_in], outputs [..., n_out]."""
