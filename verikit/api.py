@@ -10,6 +10,8 @@ from verikit.graph import Graph
 from verikit.methods.base import Verdict
 from verikit.plugins import get_method
 from verikit.region import Box, LpBall
+from verikit import capabilities
+from verikit.roles import check_method, check_timeout, check_verify_methods
 from verikit.spec.property import Property
 from verikit.pipeline import VerifyOptions, verify as _verify
 
@@ -31,41 +33,63 @@ def load_spec(path: str | Path, model: Graph | None = None) -> Property:
 
 
 def bound(model: Graph, region_or_spec: Box | LpBall | Property, method: str = "ibp",
-          coefficients: torch.Tensor | None = None, options=None) -> Interval | list[Interval]:
+          coefficients: torch.Tensor | None = None, options=None, device: str = "cpu") -> Interval | list[Interval]:
     """Bounds by a bound method. For a region: of `coefficients @ output` (identity by default), shaped
-    [B, K]. For a Property: one Interval per region, of `c . y - d` for every row of its clauses."""
+    [B, K]. For a Property: one Interval per region, of `c . y - d` for every row of its clauses.
+    `device="cuda"` computes on a GPU (the region is moved there in float32); results are on the CPU."""
+    check_method(method, "bound", "method")
     method_object = get_method(method)
+    capabilities.check(model, method_object)
     if isinstance(region_or_spec, Property):
         results = []
         for spec in region_or_spec.regions:
-            rows = torch.cat([c.coefficients for c in spec.clauses]).float().unsqueeze(0)
-            rhs = torch.cat([c.rhs for c in spec.clauses]).float()
-            result = method_object.bound(model, spec.region, rows, options)
+            rows, rhs, _ = spec.rows()
+            rows, rhs = rows.float().unsqueeze(0), rhs.float()
+            result = _bound_on(method_object, model, spec.region, rows, options, device)
             results.append(Interval(result.lower - rhs, result.upper - rhs))
         return results
     if coefficients is None:
         coefficients = torch.eye(model.output_size).unsqueeze(0)
     if coefficients.dim() == 2:
         coefficients = coefficients.unsqueeze(0)
-    return method_object.bound(model, region_or_spec, coefficients.float(), options)
+    return _bound_on(method_object, model, region_or_spec, coefficients.float(), options, device)
+
+
+def _bound_on(method_object, model: Graph, region: Box | LpBall, coefficients: torch.Tensor, options,
+              device: str) -> Interval:
+    """One bound pass on `device` (the bound methods compute where the region lives), back on the CPU."""
+    if torch.device(device).type == "cpu":
+        return method_object.bound(model, region, coefficients, options)
+    result = method_object.bound(model, region.to(torch.float32, device), coefficients.to(device), options)
+    return Interval(result.lower.cpu(), result.upper.cpu())
 
 
 def certified_radius(model: Graph, x0: torch.Tensor, label: int, target: int | None = None, norm: str = "inf",
-                     method: str = "cnn-cert", domain: tuple[float, float] | None = None, **options):
+                     method: str = "cnn-cert", domain: tuple[float, float] | None = None, device: str = "cpu",
+                     **options):
     """Certified radius around x0 by CNN-Cert's log-space search, with the attack's upper bound
-    (see verikit.radius.certified_radius for every option)."""
+    (see verikit.radius.certified_radius for every option). It computes on the CPU only for now."""
     from verikit.radius import certified_radius as _radius
 
+    check_method(method, "bound", "method")
+    if torch.device(device).type != "cpu":
+        from verikit.errors import VerikitError
+
+        raise VerikitError(f"the certified radius is computed on the CPU only, not on {device}", place="device",
+                           fix="leave the device at cpu")
     return _radius(model, x0, label, target, norm, method, domain=domain, **options)
 
 
 def verify(model: Graph, spec: Property, timeout: float = 60.0, methods: tuple[str, ...] | None = None,
            attack: str | None = "pgd", complete: str | None = "bab", device: str = "cpu",
-           workers: int = 1) -> Verdict:
+           workers: int = 1, seed: int = 0) -> Verdict:
     """Decide the spec: `sat` (with a counterexample confirmed by onnxruntime), `unsat`, or
     `unknown`/`timeout`; `device="cuda"` computes the bounds on a GPU; `workers` processes share the
     complete method's work (bab: pieces of the property). They are started with "spawn", which
-    re-imports a calling script: call from under `if __name__ == "__main__":`."""
+    re-imports a calling script: call from under `if __name__ == "__main__":`. Every method name is
+    checked in its role, and the timeout is checked, before any work starts."""
+    check_timeout(timeout, "timeout")
+    check_verify_methods(methods, attack, complete, options=("methods", "attack", "complete"))
     options = VerifyOptions(timeout=timeout, methods=methods, attack=attack, complete=complete, device=device,
-                            workers=workers)
+                            workers=workers, seed=seed)
     return _verify(model, spec, options)
