@@ -188,3 +188,16 @@ def test_verify_workers_option(benchmarks, monkeypatch):
     monkeypatch.setattr(bab_pool, "usable_cores", lambda: 64)  # each worker holds a torch: at most 16
     assert invoke("verify", TEST / "test_tiny.onnx", TEST / "test_tiny.vnnlib", "-q").exit_code == 0
     assert seen == [3, 1, bab_pool.AUTO_WORKERS_MAX] and bab_pool.default_workers("cuda") == 1
+
+
+def test_bound_layers_reports_every_relaxed_value(benchmarks):
+    import json
+
+    result = invoke("bound", TEST / "test_small.onnx", TEST / "test_small.vnnlib", "-m", "crown", "--layers", "--json")
+    assert result.exit_code == 0, result.output
+    found = json.loads(result.output)
+    assert found["layers"] and found["layers"][0], found
+    for layer in found["layers"][0]:
+        assert len(layer["lower"]) == layer["neurons"] == len(layer["upper"])
+        assert all(low <= high for low, high in zip(layer["lower"], layer["upper"]))
+        assert 0 <= layer["loose"] <= layer["neurons"]

@@ -33,10 +33,12 @@ def load_spec(path: str | Path, model: Graph | None = None) -> Property:
 
 
 def bound(model: Graph, region_or_spec: Box | LpBall | Property, method: str = "ibp",
-          coefficients: torch.Tensor | None = None, options=None, device: str = "cpu") -> Interval | list[Interval]:
+          coefficients: torch.Tensor | None = None, options=None, device: str = "cpu",
+          layers: list[dict[str, Interval]] | None = None) -> Interval | list[Interval]:
     """Bounds by a bound method. For a region: of `coefficients @ output` (identity by default), shaped
     [B, K]. For a Property: one Interval per region, of `c . y - d` for every row of its clauses.
-    `device="cuda"` computes on a GPU (the region is moved there in float32); results are on the CPU."""
+    `device="cuda"` computes on a GPU (the region is moved there in float32); results are on the CPU.
+    `layers`, when given, receives per region the bounds of every value that feeds a nonlinearity."""
     check_method(method, "bound", "method")
     method_object = get_method(method)
     capabilities.check(model, method_object)
@@ -45,22 +47,30 @@ def bound(model: Graph, region_or_spec: Box | LpBall | Property, method: str = "
         for spec in region_or_spec.regions:
             rows, rhs, _ = spec.rows()
             rows, rhs = rows.float().unsqueeze(0), rhs.float()
-            result = _bound_on(method_object, model, spec.region, rows, options, device)
+            store = {} if layers is not None else None
+            result = _bound_on(method_object, model, spec.region, rows, options, device, store)
             results.append(Interval(result.lower - rhs, result.upper - rhs))
+            if layers is not None:
+                layers.append({name: Interval(b.lower.cpu(), b.upper.cpu()) for name, b in store.items()})
         return results
     if coefficients is None:
         coefficients = torch.eye(model.output_size).unsqueeze(0)
     if coefficients.dim() == 2:
         coefficients = coefficients.unsqueeze(0)
-    return _bound_on(method_object, model, region_or_spec, coefficients.float(), options, device)
+    store = {} if layers is not None else None
+    result = _bound_on(method_object, model, region_or_spec, coefficients.float(), options, device, store)
+    if layers is not None:
+        layers.append({name: Interval(b.lower.cpu(), b.upper.cpu()) for name, b in store.items()})
+    return result
 
 
 def _bound_on(method_object, model: Graph, region: Box | LpBall, coefficients: torch.Tensor, options,
-              device: str) -> Interval:
+              device: str, intermediate: dict | None = None) -> Interval:
     """One bound pass on `device` (the bound methods compute where the region lives), back on the CPU."""
     if torch.device(device).type == "cpu":
-        return method_object.bound(model, region, coefficients, options)
-    result = method_object.bound(model, region.to(torch.float32, device), coefficients.to(device), options)
+        return method_object.bound(model, region, coefficients, options, intermediate)
+    result = method_object.bound(model, region.to(torch.float32, device), coefficients.to(device), options,
+                                 intermediate)
     return Interval(result.lower.cpu(), result.upper.cpu())
 
 

@@ -20,11 +20,15 @@ bound_timeout_option = timeout_option(None, "Stop after this many seconds (exit 
 @click.argument("spec", type=click.Path(dir_okay=False))
 @method_option("--method", "-m", default="ibp", show_default=True, role="bound", help="Bound method.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--layers", is_flag=True,
+              help="Also the bounds of every value that feeds a nonlinearity (per region: its shape, the "
+                   "lowest lower and highest upper bound, the neurons whose interval holds a kink or has width; "
+                   "with --json every neuron's bounds).")
 @device_choice("Where the bounds compute: cpu, or cuda for a GPU.")
 @bound_timeout_option
 @threads_option
 @handles_errors
-def bound(model, spec, method, as_json, device, timeout) -> None:
+def bound(model, spec, method, as_json, layers, device, timeout) -> None:
     """Bounds of every row `c . y - d` of SPEC's unsafe clauses on MODEL (a positive lower bound refutes
     the row's clause). Each row is shown as the unsafe condition it bounds, e.g. `1.0*Y_0 - 1.0*Y_1 <= 0.3`.
 
@@ -32,6 +36,7 @@ def bound(model, spec, method, as_json, device, timeout) -> None:
     Example:
       verikit bound net.onnx prop.vnnlib --method ibp --json
       verikit bound net.onnx prop.vnnlib --method crown --timeout 30 > bounds.txt
+      verikit bound net.onnx prop.vnnlib --method crown --layers
     """
     from verikit.api import bound as compute, load_model, load_spec
     from verikit.roles import check_method
@@ -40,13 +45,26 @@ def bound(model, spec, method, as_json, device, timeout) -> None:
     check_method(method, "bound", "--method")
     graph = load_model(model)
     prop = load_spec(spec, graph)
+    per_region: list | None = [] if layers else None
     with time_limit(timeout, f"the {method} bounds"):
-        intervals = compute(graph, prop, method=method, device=device)
+        intervals = compute(graph, prop, method=method, device=device, layers=per_region)
     records = bound_records(prop, intervals)
     if as_json:
-        click.echo(json.dumps({"method": method, "rows": records}, indent=2))
+        found = {"method": method, "rows": records}
+        if layers:
+            found["layers"] = [layer_records(graph, store, full=True) for store in per_region]
+        click.echo(json.dumps(found, indent=2))
         return
     from rich.table import Table
+
+    if layers:
+        for index, store in enumerate(per_region):
+            shown = Table("value", "shape", "lowest lower", "highest upper", "loose neurons",
+                          title=f"{method} bounds of every value feeding a nonlinearity, region {index}")
+            for r in layer_records(graph, store, full=False):
+                shown.add_row(r["value"], str(r["shape"]), f"{r['lowest_lower']:.6g}", f"{r['highest_upper']:.6g}",
+                              f"{r['loose']} of {r['neurons']}")
+            console(stderr=False).print(shown)
 
     table = Table("region", "clause", "row", "condition", "lower", "upper", "refutes",
                   title=f"{method} bounds of c.y - d")
@@ -67,6 +85,21 @@ def bound_records(prop, intervals) -> list[dict]:
                                 "condition": row_condition(coefficients.tolist(), float(rhs)),
                                 "lower": float(interval.lower[0, row]), "upper": float(interval.upper[0, row])})
                 row += 1
+    return records
+
+
+def layer_records(graph, store: dict, full: bool) -> list[dict]:
+    """One record per value feeding a nonlinearity, in graph order: its shape, extremes, and how many of
+    its neurons some consumer relaxes loosely (a kink inside, or width for a smooth op); with `full`,
+    every neuron's bounds."""
+    records = []
+    for name, bound in store.items():
+        loose = sum(int(c.rule.unstable(bound).sum()) for c in graph.consumers(name) if not c.linear)
+        record = {"value": name, "shape": list(bound.lower.shape[1:]), "neurons": bound.lower[0].numel(),
+                  "lowest_lower": float(bound.lower.min()), "highest_upper": float(bound.upper.max()), "loose": loose}
+        if full:
+            record.update(lower=bound.lower[0].flatten().tolist(), upper=bound.upper[0].flatten().tolist())
+        records.append(record)
     return records
 
 
