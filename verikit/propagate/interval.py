@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from verikit import deadline
 from verikit.bounds import Interval
 from verikit.graph import Graph
 
@@ -17,6 +18,7 @@ def interval_pass(graph: Graph, input_bound: Interval,
     shape = lambda t: graph.shape_input(t)  # noqa: E731
     bounds[graph.input_name] = Interval(shape(input_bound.lower), shape(input_bound.upper))
     for node in graph.nodes:
+        deadline.check()  # one pass over a large conv net can take seconds: the instance's timeout holds
         image = node.rule.interval(*(bounds[name] for name in node.inputs))
         known = bounds.get(node.output)
         bounds[node.output] = image if known is None else image.intersect(known)
