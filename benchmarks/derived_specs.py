@@ -53,7 +53,8 @@ def variants(model, prop: Property, rng: np.random.Generator) -> dict[str, Prope
     offset = float(rng.uniform(-1.5, 1.5)) * band
     rhs = torch.tensor([float(y[k]) + offset + band, -(float(y[k]) + offset - band)], dtype=torch.float64)
     found["band"] = _with_box(prop, center - half, center + half, (OutputClause(rows, rhs),))
-    found["tiny"] = _with_box(prop, center - 1e-4 * half.clamp_min(1e-12) / half.max(), center + 1e-4 * half / half.max())
+    tiny = 1e-4 * half / half.max()  # the box's shape, its widest side 2e-4
+    found["tiny"] = _with_box(prop, center - tiny, center + tiny)
     return found
 
 

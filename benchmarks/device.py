@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 import verikit
-from verikit.methods.bab import BaBOptions, BranchAndBound
+from verikit.methods.bab import BaBOptions, BranchAndBound, InputSplitOptions
 from verikit.plugins import get_method
 from verikit.pipeline import VerifyOptions, verify
 
@@ -45,7 +45,7 @@ def acas_table(data: Path, cap: float, instances) -> None:
         spec = verikit.load_spec(data / "acasxu" / f"{prop}.vnnlib", graph)
         runs = {}
         for device, batch in (("cpu", 1024), ("cuda", 16384)):
-            options = BaBOptions(batch=batch, device=device)
+            options = BaBOptions(device=device, inputs=InputSplitOptions(batch=batch))
             runs[device] = timed(lambda: BranchAndBound().decide(graph, spec, options, time.monotonic() + cap))
         (cpu, cpu_s), (gpu, gpu_s) = runs["cpu"], runs["cuda"]
         print(f"| {net} {prop} | {cpu.status} | {cpu_s:.2f} | {gpu.status} | {gpu_s:.2f} | x{cpu_s / gpu_s:.1f} |",

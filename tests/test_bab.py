@@ -11,7 +11,7 @@ import torch
 from conftest import BENCHMARKS
 from netgen import mlp
 from verikit.api import load_model, load_spec
-from verikit.methods.bab import BaBOptions, BranchAndBound
+from verikit.methods.bab import BaBOptions, BranchAndBound, InputSplitOptions
 from verikit.region import Box
 from verikit.spec.property import OutputClause, Property, RegionSpec
 
@@ -36,7 +36,7 @@ def _grid_max(graph) -> float:
                                              (4, "Sigmoid"), (5, "Tanh")])
 def test_agrees_with_brute_force_on_small_nets(tmp_path, seed, activation):
     graph = load_model(mlp(tmp_path / f"net{seed}.onnx", activation, widths=(12, 12), inputs=2, outputs=2, seed=seed))
-    _assert_agrees_with_brute_force(graph, BaBOptions(batch=64))
+    _assert_agrees_with_brute_force(graph, BaBOptions(inputs=InputSplitOptions(batch=64)))
 
 
 def _assert_agrees_with_brute_force(graph, options: BaBOptions):
@@ -91,7 +91,7 @@ def test_a_pool_of_workers_agrees_with_one_process(tmp_path, monkeypatch):
 
     monkeypatch.setattr(bab, "POOL_AFTER", 0.0)  # to the pool at once (a small net is decided alone in 2 s)
     graph = load_model(mlp(tmp_path / "net.onnx", "Relu", widths=(12, 12), inputs=2, outputs=2, seed=1))
-    above = _assert_agrees_with_brute_force(graph, BaBOptions(batch=64, workers=2))
+    above = _assert_agrees_with_brute_force(graph, BaBOptions(workers=2, inputs=InputSplitOptions(batch=64)))
     assert "in 2 workers" in above.detail
 
 
@@ -104,8 +104,9 @@ def test_open_boxes_dealt_again_round_after_round_agree_with_one_process(tmp_pat
     graph = load_model(mlp(tmp_path / "net.onnx", "Relu", widths=(12, 12), inputs=2, outputs=2, seed=1))
     for margin in (0.005, -0.02):  # just above the grid maximum: a few rounds; below it: a real point
         prop = _threshold_property(graph, _grid_max(graph) + margin)
-        alone = BranchAndBound().decide(graph, prop, BaBOptions(batch=4), time.monotonic() + 60)
-        pooled = BranchAndBound().decide(graph, prop, BaBOptions(batch=4, workers=2), time.monotonic() + 60)
+        small = InputSplitOptions(batch=4)
+        alone = BranchAndBound().decide(graph, prop, BaBOptions(inputs=small), time.monotonic() + 60)
+        pooled = BranchAndBound().decide(graph, prop, BaBOptions(workers=2, inputs=small), time.monotonic() + 60)
         assert pooled.status == alone.status == ("unsat" if margin > 0 else "sat"), (alone, pooled)
         if pooled.status == "sat":
             assert prop.is_counterexample(*pooled.counterexample)

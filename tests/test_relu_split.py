@@ -12,6 +12,7 @@ import torch
 from netgen import mlp
 from verikit.bounds import Interval
 from verikit.methods.bab import BaBOptions, BranchAndBound
+from verikit.methods.relu_split import ReluSplitOptions
 from verikit.methods.linear_relaxation import Crown
 from verikit.onnx_import import load_model
 from verikit.plugins import get_method, registry
@@ -133,7 +134,7 @@ def test_timeout_and_domain_cap(tmp_path):
     crown = float(Crown().bound(graph, region, row.reshape(1, 1, 3).float()).lower)
     hard = one_row(graph, region, row, optimum - 0.05 * (optimum - crown))  # unsat, open at the root
     assert BranchAndBound().decide(graph, hard, OPTIONS, time.monotonic() - 1).status == "timeout"
-    capped = BaBOptions(max_inputs=2, relu_max_domains=1, relu_batch=1)
+    capped = BaBOptions(max_inputs=2, relu=ReluSplitOptions(max_domains=1, batch=1))
     assert BranchAndBound().decide(graph, hard, capped, time.monotonic() + 20).status == "unknown"
 
 
@@ -273,11 +274,11 @@ def test_looseness_power_steers_splits_towards_earlier_layers(tmp_path):
 
     graph, spec = deep_net_open_at_the_root(tmp_path)
     chosen = {}
-    for power in (-50.0, 0.0, BaBOptions().relu_looseness_power, 50.0):
-        options = BaBOptions(max_inputs=2, relu_looseness_power=power)
+    for power in (-50.0, 0.0, BaBOptions().relu.looseness_power, 50.0):
+        options = BaBOptions(max_inputs=2, relu=ReluSplitOptions(looseness_power=power))
         chosen[power] = first_split_layer(_Problem(graph, spec, options))
     assert chosen[50.0] == 0 and chosen[-50.0] == 2
-    assert chosen[50.0] <= chosen[BaBOptions().relu_looseness_power] <= chosen[0.0]
+    assert chosen[50.0] <= chosen[BaBOptions().relu.looseness_power] <= chosen[0.0]
 
 
 def test_optimised_intermediate_bounds_of_children_hold_and_tighten(tmp_path):
@@ -290,8 +291,8 @@ def test_optimised_intermediate_bounds_of_children_hold_and_tighten(tmp_path):
     region = spec.region
     children = {}
     for steps in (0, 8):
-        problem = _Problem(graph, spec, BaBOptions(max_inputs=2, relu_looseness_power=50.0,
-                                                   relu_intermediate_steps=steps))
+        relu = ReluSplitOptions(looseness_power=50.0, intermediate_steps=steps)
+        problem = _Problem(graph, spec, BaBOptions(max_inputs=2, relu=relu))
         parents = problem.root().domains
         layer = problem.layers[0]  # the power puts the first split there
         assert layer.offset <= int(parents.branch[0]) < layer.offset + layer.size
@@ -315,7 +316,7 @@ def test_optimised_intermediate_bounds_of_children_hold_and_tighten(tmp_path):
 
 def test_optimised_intermediate_bounds_agree_with_milp(tmp_path):
     graph, region, row, optimum = net_with_optimum(tmp_path)
-    options = BaBOptions(max_inputs=2, relu_intermediate_steps=4)
+    options = BaBOptions(max_inputs=2, relu=ReluSplitOptions(intermediate_steps=4))
     for rhs, expected in ((optimum - 0.02, "unsat"), (optimum + 0.02, "sat")):
         prop = one_row(graph, region, row, rhs)
         verdict = BranchAndBound().decide(graph, prop, options, time.monotonic() + 20)
@@ -339,7 +340,7 @@ def test_measured_split_costs_steer_splits_away_from_dear_layers(tmp_path):
     graph, spec = deep_net_open_at_the_root(tmp_path)
 
     def split_layer(enabled: bool, dear: int | None) -> int:
-        problem = _Problem(graph, spec, BaBOptions(max_inputs=2, relu_split_cost=enabled))
+        problem = _Problem(graph, spec, BaBOptions(max_inputs=2, relu=ReluSplitOptions(split_cost=enabled)))
         for index in range(len(problem.layers)):
             problem.costs.rebound(index, 1e6 if index == dear else 1e-3)
         problem.costs.finish(1e-3)
@@ -374,7 +375,7 @@ def test_a_resumed_search_sizes_its_first_batch_to_the_deadline(tmp_path, monkey
 
     graph, region, row, optimum = net_for_workers(tmp_path)
     prop = one_row(graph, region, row, optimum - 0.02)
-    options = BaBOptions(max_inputs=2, relu_batch=64)
+    options = BaBOptions(max_inputs=2, relu=ReluSplitOptions(batch=64))
     problem = _Problem(graph, prop.regions[0], options)
     queue, stuck = _search(problem, prop, problem.root(), options, time.monotonic() + 60, share_at=8)
     assert len(queue) >= 8

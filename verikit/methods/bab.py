@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -27,7 +27,7 @@ from verikit.graph import Graph
 from verikit.hookspecs import hookimpl
 from verikit.methods.bab_pool import POOL_AFTER, decide_in_pool, run_job, start_pool
 from verikit.methods.base import Method
-from verikit.methods.relu_split import split_relus
+from verikit.methods.relu_split import ReluSplitOptions, split_relus
 from verikit.plugins import get_method
 from verikit.propagate.backward import backward_bound, compute_bounds, layer_bounds, values_to_relax
 from verikit.propagate.forward import bounds_by_forward_mode, supports_forward_mode
@@ -39,35 +39,27 @@ PART_SECONDS = 2.0  # input splitting in a pool: a part's time in a round before
 ROUND_PARTS = 4  # ... and the parts a worker in a round, after which they are dealt again
 
 @dataclass
+class InputSplitOptions:
+    """Input splitting's options: the bound method of each batch of sub-boxes, the sub-boxes bounded at
+    once (None: 1024 on the CPU, 16384 on a GPU), and a memory cap on the open ones."""
+
+    bound_method: str = "crown"
+    batch: int | None = None
+    max_domains: int = 2_000_000
+
+
+@dataclass
 class BaBOptions:
-    """bound_method: bounds each batch of domains; batch: domains bounded at once; max_inputs: the
-    largest input dimension split directly (larger inputs go to ReLU splitting, relu_split.py);
-    max_domains: a memory cap on the queue. relu_*: ReLU splitting's parents split at once,
-    alpha-CROWN steps per bounding (1: plain CROWN), Adam steps on slopes shared per child that
-    re-bound the later layers (beta-CROWN's joint optimisation; 0: one plain CROWN pass, the default:
-    on 2 CPU cores it bounds ~3x fewer domains at ~6x the cost each, benchmarks/README.md),
-    beta-CROWN split multipliers on or off, how much the branching score favours neurons before
-    loose layers (a split re-bounds them; 0: BaBSR's score), whether the score is divided by each
-    layer's measured cost of a split there (re-bounding included), queue cap, PGD starts per batch,
-    and rows per backward pass of the intermediate bounds. device: where the domains are bounded
-    ("cuda" for a GPU; attacks and LP leaves run on the CPU). workers: processes that decide pieces
-    of the property at once (input splitting: the open sub-boxes, dealt again round after round,
+    """max_inputs: the largest input dimension split directly (input splitting, `inputs`); larger inputs
+    go to ReLU splitting (`relu`, relu_split.py). device: where the domains are bounded ("cuda" for a
+    GPU; attacks and LP leaves run on the CPU). workers: processes that decide pieces of the property
+    at once (input splitting: the open sub-boxes, dealt again round after round,
     `_split_inputs_in_rounds`; ReLU splitting: the regions, or one region's open domains once the
     search has a few per worker, verikit.methods.bab_pool)."""
 
-    bound_method: str = "crown"
-    batch: int | None = None  # None: 1024 on the CPU, 16384 on a GPU
     max_inputs: int = 16
-    max_domains: int = 2_000_000
-    relu_batch: int = 256
-    relu_alpha_steps: int = 20
-    relu_intermediate_steps: int = 0
-    relu_beta: bool = True
-    relu_looseness_power: float = 2.0
-    relu_split_cost: bool = True
-    relu_max_domains: int = 100_000
-    relu_attack_points: int = 16
-    relu_batch_rows: int = 65_536
+    inputs: InputSplitOptions = field(default_factory=InputSplitOptions)
+    relu: ReluSplitOptions = field(default_factory=ReluSplitOptions)
     device: str = "cpu"
     workers: int = 1
 
@@ -150,13 +142,13 @@ def _split_inputs(graph: Graph, prop: Property, spec: RegionSpec, options: BaBOp
     """Branch and bound over one region's input box, or over the open sub-boxes `start`; with `until`,
     the sub-boxes still open at that time (or, at the end, none but the stuck ones' count) come back
     instead of a verdict (for a pool to re-deal)."""
-    bounder = _RowBounder(graph, spec, get_method(options.bound_method), options.device)
+    bounder = _RowBounder(graph, spec, get_method(options.inputs.bound_method), options.device)
     root = _root_box(spec)
     queue = start if start is not None else _Boxes(root.lower, root.upper,
                                                      torch.ones(1, len(spec.clauses), dtype=torch.bool))
     graph64 = graph.to(torch.float64)
     bounded = 0
-    size = options.batch or (1024 if torch.device(options.device).type == "cpu" else 16384)
+    size = options.inputs.batch or (1024 if torch.device(options.device).type == "cpu" else 16384)
     while len(queue):
         if until is not None and bounded and time.monotonic() >= until:  # one batch at least: progress
             return queue
@@ -176,7 +168,7 @@ def _split_inputs(graph: Graph, prop: Property, spec: RegionSpec, options: BaBOp
             if verdict is not None:
                 verdict.detail = f"{bounded} domains bounded"
                 return verdict
-        if len(queue) + 2 * len(batch) > options.max_domains:
+        if len(queue) + 2 * len(batch) > options.inputs.max_domains:
             return Verdict("unknown", method="bab", detail="domain limit reached")
         sensitivity = sensitivity[alive] if sensitivity is not None else _forward_sensitivity(graph64, spec, batch)
         children, unsplittable = _split(batch, sensitivity)

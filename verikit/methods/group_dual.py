@@ -4,8 +4,9 @@ For a network with one activation layer, z = A x + c (linear ops before it), y =
 after it; act piecewise linear, as a ReLU or LeakyReLU: a rule with `kinks`), an output row r gives
 f(x) = r . y = sum_n v_n act(z_n) + d, with v the row's coefficients on act(z). Neurons whose weights
 touch the same set S of inputs (a convolution's channels at one position, over their small patch) form
-a group g, and f is the sum of the groups' f_g(x_S). Each group gets its own copy x_g of its inputs, priced by multipliers lambda_g (Lagrangian
-decomposition, Bunel et al. 2020); by weak duality, for every lambda
+a group g, and f is the sum of the groups' f_g(x_S). Each group gets its own copy x_g of its inputs,
+priced by multipliers lambda_g (Lagrangian decomposition, Bunel et al. 2020); by weak duality, for
+every lambda
 
     min f >= sum_g min_{x_g in box_S} [f_g(x_g) + lambda_g . x_g] + min_{x in region} [-(sum_g lambda_g) . x] + d.
 

@@ -6,7 +6,7 @@ split above, z_j(x) <= k_j for those split below}, with z_j the activation's inp
 it inside z_j's interval (0 for a ReLU: active / inactive). A decision is stored
 as a fixed intermediate bound (above: lower = max(lower, k); below: upper = min(upper, k)), and
 every later layer is re-bounded with all of the domain's bounds kept (backward.layer_bounds'
-`reference`; with `relu_intermediate_steps`, by slopes optimised through those layers,
+`reference`; with `ReluSplitOptions.intermediate_steps`, by slopes optimised through those layers,
 alpha_crown.tighten_intermediate). This is sound for the sub-domain: at every point of it the
 pre-activations lie inside the parent's bounds (the parent contains the domain) and on the decided
 sides, so they lie inside the kept intervals; the relaxations built on those intervals hold at every
@@ -16,7 +16,7 @@ refuting every leaf refutes the region. A domain whose kept bounds cross (lower 
 
 Each step takes the hardest open domains (lowest bound), splits each on the neuron of largest
 BaBSR-like score (the backward coefficient on the ReLU's output times the intercept -l u / (u - l) of
-its upper line: how much that line loosens the bound; times (1 + u)^`relu_looseness_power` for each
+its upper line: how much that line loosens the bound; times (1 + u)^`looseness_power` for each
 ReLU layer after the neuron's, u the share of that layer's neurons unstable in the domain: a split
 re-bounds the later layers, and where they are loose an early split tightens them all; divided by
 the layer's measured seconds a parent, re-bounding and bounding the children, relative to the
@@ -55,6 +55,24 @@ SHARES_PER_WORKER = 4  # ... in this many parts a worker (some finish early: the
 ROOT_SHARE = 0.25  # of the time left, at most, for tightening the root's neurons one by one
 COST_SPREAD = 1.5  # a batch's cost a parent varies with the layers split (up to ~1.4x the last one's)
 F32 = torch.float32
+
+
+@dataclass
+class ReluSplitOptions:
+    """ReLU splitting's options (a split at a kink of any piecewise-linear activation)."""
+
+    batch: int = 256  # parents split at once
+    alpha_steps: int = 20  # alpha-CROWN steps per bounding (1: plain CROWN)
+    # Adam steps on slopes shared per child that re-bound the later layers (beta-CROWN's joint
+    # optimisation); 0, one plain CROWN pass, is the default: on 2 CPU cores it bounds ~3x fewer
+    # domains at ~6x the cost each (benchmarks/README.md)
+    intermediate_steps: int = 0
+    beta: bool = True  # beta-CROWN's multipliers on the splits at 0
+    looseness_power: float = 2.0  # how much the score favours neurons before loose layers (0: BaBSR's)
+    split_cost: bool = True  # divide the score by each layer's measured cost of a split there
+    max_domains: int = 100_000  # queue cap
+    attack_points: int = 16  # PGD starts per batch
+    batch_rows: int = 65_536  # rows per backward pass of the intermediate bounds
 
 
 @dataclass
@@ -129,7 +147,7 @@ class _Outcome:
 
 
 def split_relus(graph: Graph, prop: Property, spec: RegionSpec, options, deadline: float) -> Verdict:
-    """Decide one region by ReLU splitting (options: BaBOptions' relu_* fields); sat only with a
+    """Decide one region by ReLU splitting (options: BaBOptions, whose `relu` holds ReLU splitting's); sat only with a
     counterexample that verify.confirm accepts. With `options.workers` > 1, the open domains are
     shared out to worker processes once there are a few per worker and the search has gone on alone
     for POOL_AFTER seconds (bab_pool.py)."""
@@ -139,10 +157,10 @@ def split_relus(graph: Graph, prop: Property, spec: RegionSpec, options, deadlin
             point = (center, graph.to(torch.float64).forward_flat(center[None])[0])
         found = confirm(graph, prop, point, "bab")
         return found or Verdict("unknown", method="bab", detail="a clause without rows")
-    problem = _Problem(graph, spec, options, deadline, getattr(options, "device", "cpu"))
+    problem = _Problem(graph, spec, options, deadline, options.device)
     if not problem.layers:  # nothing to split: the root's bound (every neuron tightened) is all there is
         return problem.root_without_splits()
-    workers = getattr(options, "workers", 1)
+    workers = options.workers
     if workers <= 1:
         return _search(problem, prop, problem.root(), options, deadline)
     share_at = DOMAINS_PER_WORKER * workers
@@ -166,7 +184,7 @@ def _continue(graph: Graph, prop: Property, spec: RegionSpec, options, deadline:
               stuck: int, seconds_per_parent: float = 0.0) -> Verdict:
     """A worker's share of a search: decide the given open domains of the region (its first batch sized
     to the deadline by the sharing search's last cost a parent)."""
-    problem = _Problem(graph, spec, options, deadline, getattr(options, "device", "cpu"))
+    problem = _Problem(graph, spec, options, deadline, options.device)
     problem.seconds_per_parent = seconds_per_parent
     return _search(problem, prop, _Outcome(domains, stuck, []), options, deadline)
 
@@ -191,10 +209,10 @@ def _search(problem: "_Problem", prop: Property, outcome: "_Outcome", options, d
         if fits < 1:
             detail = f"{len(queue)} ReLU domains open after {bounded} bounded"
             return Verdict("timeout", method="bab", detail=detail)
-        if len(queue) > options.relu_max_domains:
-            return Verdict("unknown", method="bab", detail=f"ReLU domain limit {options.relu_max_domains} reached")
+        if len(queue) > options.relu.max_domains:
+            return Verdict("unknown", method="bab", detail=f"ReLU domain limit {options.relu.max_domains} reached")
         started = time.monotonic()
-        hardest = queue.priority.argsort()[: min(options.relu_batch, int(fits))]
+        hardest = queue.priority.argsort()[: min(options.relu.batch, int(fits))]
         rest = torch.ones(len(queue), dtype=torch.bool, device=queue.open.device)
         rest[hardest] = False
         parents, queue = queue.select(hardest), queue.select(rest.nonzero()[:, 0])
@@ -221,14 +239,14 @@ class _Problem:
         rows, rhs, owner = spec.rows()
         self.rows, self.rhs = rows.to(self.device, F32), rhs.to(self.device, F32)
         self.owner = owner.to(self.device)
-        self.alpha = AlphaCrownOptions(steps=options.relu_alpha_steps, deadline=deadline)
-        self.intermediate = dataclasses.replace(self.alpha, steps=options.relu_intermediate_steps,
-                                                batch_rows=options.relu_batch_rows)
-        self.attack_points, self.batch_rows = options.relu_attack_points, options.relu_batch_rows
-        self.beta, self.looseness_power = options.relu_beta, options.relu_looseness_power
+        self.alpha = AlphaCrownOptions(steps=options.relu.alpha_steps, deadline=deadline)
+        self.intermediate = dataclasses.replace(self.alpha, steps=options.relu.intermediate_steps,
+                                                batch_rows=options.relu.batch_rows)
+        self.attack_points, self.batch_rows = options.relu.attack_points, options.relu.batch_rows
+        self.beta, self.looseness_power = options.relu.beta, options.relu.looseness_power
         self.relaxed = values_to_relax(self.graph)
         self.layers = _relu_layers(self.graph)
-        self.costs = _SplitCosts(len(self.layers), options.relu_split_cost)
+        self.costs = _SplitCosts(len(self.layers), options.relu.split_cost)
         self.seconds_per_parent = 0.0  # the last batch's, which sizes the next to the deadline
         self.positions = {node.output: i for i, node in enumerate(self.graph.nodes)}
 
