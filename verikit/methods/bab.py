@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from verikit.deadline import DeadlineReached
 from verikit.graph import Graph
 from verikit.hookspecs import hookimpl
 from verikit.methods.bab_pool import POOL_AFTER, decide_in_pool, run_job, start_pool
@@ -155,7 +156,11 @@ def _split_inputs(graph: Graph, prop: Property, spec: RegionSpec, options: BaBOp
         if time.monotonic() >= deadline:
             return Verdict("timeout", method="bab", detail=f"{len(queue)} domains open after {bounded} bounded")
         batch = queue.pop(min(size, len(queue)))
-        refuted, sensitivity = bounder.refute(batch)
+        try:
+            refuted, sensitivity = bounder.refute(batch)
+        except DeadlineReached:  # the instance's deadline, inside a pass: say how far the search got
+            left = len(queue) + len(batch)
+            return Verdict("timeout", method="bab", detail=f"{left} domains open after {bounded} bounded")
         bounded += len(batch)
         batch.open &= ~refuted
         alive = batch.open.any(1)

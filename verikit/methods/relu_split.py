@@ -39,6 +39,7 @@ from math import prod
 import torch
 
 from verikit.bounds import Interval
+from verikit.deadline import DeadlineReached
 from verikit.graph import Graph
 from verikit.methods.alpha_crown import (AlphaCrownOptions, fold, optimize_folded, tighten_each_neuron,
                                         tighten_intermediate)
@@ -216,7 +217,11 @@ def _search(problem: "_Problem", prop: Property, outcome: "_Outcome", options, d
         rest = torch.ones(len(queue), dtype=torch.bool, device=queue.open.device)
         rest[hardest] = False
         parents, queue = queue.select(hardest), queue.select(rest.nonzero()[:, 0])
-        outcome = problem.bound_children(parents)
+        try:
+            outcome = problem.bound_children(parents)
+        except DeadlineReached:  # the instance's deadline, inside a pass: say how far the search got
+            detail = f"{len(queue) + len(parents)} ReLU domains open after {bounded} bounded"
+            return Verdict("timeout", method="bab", detail=detail)
         bounded += 2 * len(parents)
         problem.seconds_per_parent = (time.monotonic() - started) / len(parents)
         stuck += outcome.stuck
