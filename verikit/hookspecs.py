@@ -31,5 +31,11 @@ def verikit_trainers(register: Callable) -> None:
 
 
 @hookspec
+def verikit_datasets(register: Callable) -> None:
+    """Register training datasets: call `register(source)` for each DataSource
+    (verikit.trainers.data): a name, a summary and `make(seed, **options) -> Dataset`."""
+
+
+@hookspec
 def verikit_spec_readers(register: Callable) -> None:
     """Register spec readers: call `register(suffixes, read)` where read(path) returns a Property."""

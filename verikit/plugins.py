@@ -1,5 +1,5 @@
 """The plugin manager: loads the entry-point group `verikit` once, builds the registries of layer
-rules, methods, trainers and spec readers, and answers which plugin handles an op or a method.
+rules, methods, trainers, datasets and spec readers, and answers which plugin handles an op or a method.
 
 Set VERIKIT_PLUGINS to a comma-separated list of distribution names to restrict which third-party
 plugins load (verikit's own built-ins always load); set it to an empty string to load none.
@@ -28,7 +28,7 @@ class Registration:
     """One thing a plugin provides: an op type, a method, a trainer or a spec format."""
 
     name: str
-    kind: str  # "layer" | "method" | "trainer" | "spec-reader"
+    kind: str  # "layer" | "method" | "trainer" | "dataset" | "spec-reader"
     provider: Any
     plugin: str
     distribution: str
@@ -40,7 +40,7 @@ class Registry:
 
     def __init__(self) -> None:
         self.entries: dict[str, dict[str, Registration]] = {
-            "layer": {}, "method": {}, "trainer": {}, "spec-reader": {}}
+            "layer": {}, "method": {}, "trainer": {}, "dataset": {}, "spec-reader": {}}
 
     def add(self, entry: Registration) -> None:
         table = self.entries[entry.kind]
@@ -89,7 +89,7 @@ def _registrar(registry: Registry, kind: str, plugin: str, distribution: str):
 
 
 _HOOKS = {"layer": "verikit_layers", "method": "verikit_methods", "trainer": "verikit_trainers",
-          "spec-reader": "verikit_spec_readers"}
+          "dataset": "verikit_datasets", "spec-reader": "verikit_spec_readers"}
 
 
 class PluginManager:

@@ -13,8 +13,10 @@ import click
 
 from verikit.cli.bound_commands import bound, radius
 from verikit.cli.common import install_sigterm_handler
+from verikit.cli.compare_command import compare
 from verikit.cli.plugins_command import plugins
 from verikit.cli.run_command import run
+from verikit.cli.train_command import train
 from verikit.cli.verify_command import verify
 
 
@@ -32,6 +34,8 @@ def main(threads: int) -> None:
       verikit run ../shared/benchmarks/acasxu/instances.csv --timeout-cap 30 --out acas.csv
       verikit radius net.onnx --input x.npy --label 3 --norm 2 --method cnn-cert
       verikit plugins
+      verikit compare specs/ --methods ibp,crown,alpha-crown --out cmp
+      verikit train singleprop --data digits --eps 0.1 --out sp.onnx
 
     \b
     Exit codes: 0 done, 1 internal error, 2 bad input, 3 run: a contradiction,
@@ -48,7 +52,7 @@ def main(threads: int) -> None:
     context.call_on_close(gc.enable)
 
 
-for command in (verify, bound, run, radius, plugins):
+for command in (verify, bound, run, radius, plugins, train, compare):
     main.add_command(command)
 
 __all__ = ["main"]
