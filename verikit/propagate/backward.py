@@ -59,7 +59,7 @@ def backward_bound(graph: Graph, region: Region, target: str, coefficients: torc
         deadline.check()  # a pass over a large conv net must not overrun the instance's timeout
         if extra is not None and node.output in extra:
             upper = upper + extra[node.output]
-        relaxation = None if node.linear else _relaxation(node, bounds, mode, lower_slopes, relaxations)
+        relaxation = None if node.linear else node_relaxation(node, bounds, mode, lower_slopes, relaxations)
         if record is not None and not node.linear:
             record[node.output] = upper
         pushed, node_bias = node.rule.backward(upper, relaxation)
@@ -217,7 +217,7 @@ def _rebound_pairs(graph: Graph, region: Region, value: str, bounds: dict[str, I
     relaxed = [node for node in upstream_in_reverse(graph, value) if not node.linear]
     cache = options.get("relaxations")
     cache = {} if cache is None else cache
-    full = {node.output: _relaxation(node, bounds, mode, None, cache) for node in relaxed}
+    full = {node.output: node_relaxation(node, bounds, mode, None, cache) for node in relaxed}
     per_pair = sum(prod(t.shape[1:]) for r in full.values() for t in vars(r).values() if isinstance(t, torch.Tensor))
     step = max(1, min(batch_rows // 2, GATHERED_ENTRIES // max(1, per_pair)))
     for start in range(0, len(problems), step):
@@ -259,8 +259,8 @@ def upstream_in_reverse(graph: Graph, target: str) -> list[Node]:
     return []  # the target is the graph input
 
 
-def _relaxation(node: Node, bounds: dict[str, Interval], mode: str,
-                lower_slopes: dict[str, torch.Tensor] | None, cache: dict[str, Relaxation]) -> Relaxation:
+def node_relaxation(node: Node, bounds: dict[str, Interval], mode: str,
+                    lower_slopes: dict[str, torch.Tensor] | None, cache: dict[str, Relaxation]) -> Relaxation:
     """The node's relaxation on its input bounds, computed once per cache (keyed by output value)."""
     if node.output not in cache:
         missing = [name for name in node.inputs if name not in bounds]

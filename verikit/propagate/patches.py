@@ -28,8 +28,8 @@ from verikit import deadline
 from verikit.bounds import Interval, LinearBound, Relaxation
 from verikit.graph import Graph, Node
 from verikit.layers.base import RELAXATION_MODES, ElementwiseRule
-from verikit.propagate.backward import (input_interval, interval_image, interval_of_rows, region_device,
-                                       upstream_in_reverse, values_to_relax)
+from verikit.propagate.backward import (input_interval, interval_image, interval_of_rows, node_relaxation,
+                                       region_device, upstream_in_reverse, values_to_relax)
 from verikit.region import Box, LpBall, Region, dual_norm
 
 WINDOW = (-3, -2, -1)  # the channel and window dims of Patches.values
@@ -398,11 +398,5 @@ def _zeros(walk: Walk, rows: int) -> torch.Tensor:
 
 
 def _relaxation(walk: Walk, node: Node):
-    """The node's relaxation on its input bounds, made once per walk (keyed by output value)."""
-    if node.output not in walk.relaxations:
-        missing = [name for name in node.inputs if name not in walk.bounds]
-        if missing:
-            raise ValueError(f"{node.op_type} node '{node.name}' needs bounds of {missing} to be relaxed")
-        walk.relaxations[node.output] = node.rule.relax(*(walk.bounds[name] for name in node.inputs),
-                                                        mode=walk.mode)
-    return walk.relaxations[node.output]
+    """The node's relaxation on its input bounds, made once per walk (the dense engine's rule)."""
+    return node_relaxation(node, walk.bounds, walk.mode, None, walk.relaxations)
