@@ -152,7 +152,7 @@ def _cactus(plt, records, peers, order):
     axes.set_xlabel("time (s)")
     axes.set_ylabel("instances solved")
     only_imported = all(name.endswith("(imported)") for name in series)
-    axes.set_title("instances solved vs time" + (" (imported tools only, no verikit run)" if only_imported else ""))
+    axes.set_title("instances solved vs time" + (" (imported results only)" if only_imported else ""))
     axes.legend(fontsize=8)
     if peers:
         note = OTHER_MACHINE_NOTE.format(tools=", ".join(dict.fromkeys(p.tool for p in peers)))
