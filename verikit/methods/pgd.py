@@ -73,10 +73,11 @@ def seconds_per_point(graph: Graph, inputs: int, dtype: torch.dtype = torch.floa
     misjudge convolutions, whose weights are reused at every position): 16 points, then 512 where
     those were too quick to time (small nets, where per-call overhead would dominate). Measured once
     per model file and dtype."""
+    if not graph.source:
+        return _measure(graph.to(dtype), inputs, dtype)
     key = (graph.source, inputs, dtype)
-    if graph.source and key in _COSTS:
-        return _COSTS[key]
-    _COSTS[key] = _measure(graph.to(dtype), inputs, dtype)
+    if key not in _COSTS:
+        _COSTS[key] = _measure(graph.to(dtype), inputs, dtype)
     return _COSTS[key]
 
 

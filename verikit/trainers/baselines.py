@@ -11,7 +11,7 @@ from torch import nn
 
 from verikit.hookspecs import hookimpl
 from verikit.trainers.base import Step, TrainOptions, Trainer, clean_loss, mixed_loss
-from verikit.trainers.engine import LiveGraph, crown_ibp_margin, ibp_margin, input_box, margin_rows
+from verikit.trainers.engine import crown_ibp_margin, ibp_margin, input_box, live_graph, margin_rows
 
 
 class Standard(Trainer):
@@ -70,7 +70,7 @@ class CertifiedTrainer(Trainer):
         clean = clean_loss(logits, y)
         if step.eps <= 0 or step.kappa >= 1.0:
             return clean, logits  # plain cross-entropy while eps = 0
-        graph = LiveGraph(model, tuple(x.shape[1:])).graph()
+        graph = live_graph(model, tuple(x.shape[1:]))
         lower = self.margin(graph, input_box(x, step.eps, step.domain), margin_rows(y, logits.shape[1]), step)
         robust = F.cross_entropy(-lower, y)  # the row y is 0: CE([0, -lb_j], true) over the other rows
         return mixed_loss(clean, robust, step.kappa), logits

@@ -13,6 +13,7 @@ is torch arithmetic on the bounds, and Flatten only reshapes.
 from __future__ import annotations
 
 import copy
+import weakref
 
 import numpy as np
 import torch
@@ -101,6 +102,18 @@ class LiveGraph:
             nodes.append(Node(node.name, node.op_type, node.inputs, node.output, rule, node.plugin))
         t = self.template
         return Graph(t.input_name, t.input_shape, t.output_name, nodes, dict(t.shapes), t.source)
+
+
+_TEMPLATES: "weakref.WeakKeyDictionary[nn.Module, dict[tuple, LiveGraph]]" = weakref.WeakKeyDictionary()
+
+
+def live_graph(model: nn.Sequential, input_shape: tuple[int, ...]) -> Graph:
+    """The graph over the model's current parameters; its template (rules built from a traced forward
+    and copies of the weights) is made once per model and input shape, not at every training step."""
+    templates = _TEMPLATES.setdefault(model, {})
+    if tuple(input_shape) not in templates:
+        templates[tuple(input_shape)] = LiveGraph(model, tuple(input_shape))
+    return templates[tuple(input_shape)].graph()
 
 
 def input_box(x: torch.Tensor, eps: float, domain: tuple[float, float] | None = None) -> Box:
