@@ -226,9 +226,10 @@ def _split_inputs_in_rounds(graph: Graph, prop: Property, options: BaBOptions, d
             for index, result in [jobs[0]()] + [job.get() for job in pending]:
                 if isinstance(result, _Boxes):
                     stuck, result.stuck = stuck + result.stuck, 0
-                    if len(result):
-                        open_boxes.setdefault(index, _Boxes(result.lower[:0], result.upper[:0], result.open[:0]))
+                    if len(result) and index in open_boxes:
                         open_boxes[index].push(result)
+                    elif len(result):
+                        open_boxes[index] = result
                 elif result.status != "unsat":  # sat (confirmed where it was found), or a domain limit
                     pool.terminate()
                     return result
