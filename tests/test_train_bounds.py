@@ -10,7 +10,7 @@ import verikit
 from verikit.propagate.interval import interval_pass
 from verikit.region import Box
 from verikit.trainers import singleprop
-from verikit.trainers.architectures import build, initialise
+from verikit.trainers.architectures import Residual, build, initialise
 from verikit.trainers.engine import LiveGraph, crown_ibp_margin, crown_margin, ibp_margin, input_box, margin_rows
 from verikit.trainers.export import export_onnx
 from verikit.trainers.run import train
@@ -18,21 +18,23 @@ from verikit.trainers.run import train
 pytest.importorskip("sklearn")
 
 
-def tiny_net(dtype=torch.float64) -> nn.Sequential:
+def tiny_net(dtype=torch.float64, residual: bool = False) -> nn.Sequential:
     torch.manual_seed(3)
-    model = nn.Sequential(nn.Conv2d(1, 3, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(12, 6),
-                          nn.ReLU(), nn.Linear(6, 4))
+    block = [Residual(nn.ReLU(), nn.Conv2d(3, 3, 3, padding=1))] if residual else []
+    model = nn.Sequential(nn.Conv2d(1, 3, 3, stride=2, padding=1), *block, nn.ReLU(), nn.Flatten(),
+                          nn.Linear(12, 6), nn.ReLU(), nn.Linear(6, 4))
     initialise(model)
     with torch.no_grad():
-        for module in model:
-            if hasattr(module, "bias"):
+        for module in model.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
                 module.bias.normal_(0, 0.3)  # nonzero biases: their gradients are checked too
     return model.to(dtype)
 
 
-@pytest.mark.parametrize("which", ["ibp", "crown", "crown-ibp"])
-def test_bound_gradients_match_finite_differences(which):
-    model = tiny_net()
+@pytest.mark.parametrize("which,residual", [("ibp", False), ("crown", False), ("crown-ibp", False),
+                                           ("crown", True)])
+def test_bound_gradients_match_finite_differences(which, residual):
+    model = tiny_net(residual=residual)
     x = torch.rand(2, 1, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     y = torch.tensor([0, 2])
     rows = margin_rows(y, 4, torch.float64)
@@ -61,8 +63,9 @@ def test_bound_gradients_match_finite_differences(which):
             assert parameter.grad.view(-1)[index] == pytest.approx((up - down) / (2 * step), rel=1e-5, abs=1e-7)
 
 
-def test_training_bound_equals_verikit_bound_on_exported_model(tmp_path):
-    model = build("mnist-small", (1, 8, 8), 10, seed=0)
+@pytest.mark.parametrize("arch", ["mnist-small", "mnist-resnet"])
+def test_training_bound_equals_verikit_bound_on_exported_model(tmp_path, arch):
+    model = build(arch, (1, 8, 8), 10, seed=0)
     model = train("ibp", "digits", model, epochs=1, eps=0.05, batch_size=200)
     path = export_onnx(model, (1, 8, 8), tmp_path / "m.onnx")
     graph = verikit.load_model(path)
@@ -110,6 +113,18 @@ def test_maxpool_radius_rule():
     pool = nn.MaxPool2d(2)
     assert torch.equal(c, pool(center))
     assert torch.allclose(r, (pool(center + radius) - pool(center - radius)) / 2)
+
+
+def test_residual_radii_add():
+    """x + conv(relu(x)): the radius is the skip's plus |W| applied to the ReLU's radius."""
+    center, radius = torch.randn(2, 3, 4, 4, dtype=torch.float64), torch.rand(2, 3, 4, 4, dtype=torch.float64)
+    conv = nn.Conv2d(3, 3, 3, padding=1).double()
+    model = nn.Sequential(Residual(nn.ReLU(), conv))
+    for rule in singleprop.RELU_RULES:
+        c, r = singleprop.propagate(model, center, radius, rule)
+        inner = singleprop.relu_radius(center, radius, rule)
+        assert torch.allclose(c, center + conv(torch.relu(center)))
+        assert torch.allclose(r, radius + nn.functional.conv2d(inner, conv.weight.abs(), None, 1, 1))
 
 
 def test_singleprop_costs_one_extra_forward_pass(monkeypatch):

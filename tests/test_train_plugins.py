@@ -3,6 +3,7 @@ listed by `verikit plugins` and trains like a built-in; the schedule and adaptiv
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from verikit.cli import main
 from verikit.hookspecs import hookimpl
 from verikit.plugins import manager, registry
 from verikit.trainers.base import Trainer
+from verikit.trainers.data import load_data
 from verikit.trainers.run import train
 from verikit.trainers.schedule import Schedule
 
@@ -120,3 +122,13 @@ def test_missing_optional_package_names_the_extra(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
     with pytest.raises(DataError, match=r"verikit\[data\]"):
         load_data("mnist5k")
+
+
+def test_short_warmup_warns_robust_trainers_only():
+    data = load_data("digits", seed=0)
+    with pytest.warns(UserWarning, match="warm-up before eps ramps up lasts 0 of 7 steps"):
+        train("ibp", data, "mlp", epochs=1, batch_size=200, eps=0.05)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train("standard", data, "mlp", epochs=1, batch_size=200, eps=0.05)  # its loss ignores eps
+        train("ibp", data, "mlp", epochs=1, batch_size=200, eps=0.0)  # nothing ramps

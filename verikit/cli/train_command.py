@@ -12,7 +12,7 @@ from verikit.cli.common import handles_errors
 @click.option("--data", help="Dataset: digits (default), digits:size=16, mnist5k, teacher, or a .npz path.")
 @click.option("--arch", help="Architecture: mlp, mnist-small (default), mnist-medium, cnn-4layer-5-3.")
 @click.option("--eps", type=float, help="Target eps in the [0, 1] input scale (default 0.1).")
-@click.option("--epochs", type=int, help="Epochs (default 10).")
+@click.option("--epochs", type=int, help="Epochs (default 100, as the reference).")
 @click.option("--batch-size", type=int, help="Batch size (default 100).")
 @click.option("--lr", type=float, help="Adam's initial learning rate (default: the trainer's).")
 @click.option("--seed", type=int, help="Seeds the split, the initial weights and the batch order (default 0).")

@@ -1,5 +1,6 @@
-"""Architectures to train, as plain nn.Sequential of Conv2d / Linear / ReLU / Flatten (ops verikit
-verifies). Shapes follow seed-papers.md 4.3 and 2.1, with paddings adapted so 8x8 inputs work.
+"""Architectures to train, as plain nn.Sequential of Conv2d / Linear / ReLU / Flatten and residual
+blocks (ops verikit verifies). Shapes follow seed-papers.md 4.3 and 2.1, with paddings adapted so 8x8
+inputs work.
 
 Weights start as in SingleProp's reference: N(0, 1/fan_in), zero biases.
 """
@@ -42,6 +43,17 @@ def _with_head(shape: tuple[int, ...], convs: list[nn.Module], widths: tuple[int
     return convs + _dense_head(features, widths, classes)
 
 
+class Residual(nn.Module):
+    """A residual block: x + body(x), exported as an ONNX Add of the block's input and its body."""
+
+    def __init__(self, *body: nn.Module):
+        super().__init__()
+        self.body = nn.Sequential(*body)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
 def mlp(shape: tuple[int, ...], classes: int) -> list[nn.Module]:
     """Two hidden layers of 100."""
     return _dense_head(prod(shape), (100, 100), classes)
@@ -63,8 +75,18 @@ def cnn_4layer_5_3(shape: tuple[int, ...], classes: int) -> list[nn.Module]:
     return _with_head(shape, _convs(shape[0], ((5, 3, 1, 0),) * 3), (), classes)
 
 
+def mnist_resnet(shape: tuple[int, ...], classes: int) -> list[nn.Module]:
+    """A small ResNet in CNN-Cert's style: Conv 8@3x3, two identity blocks x + conv(relu(conv(relu(x)))),
+    all 3x3 SAME, then ReLU, FC100, FC10."""
+    def block() -> Residual:
+        return Residual(nn.ReLU(), nn.Conv2d(8, 8, 3, 1, 1), nn.ReLU(), nn.Conv2d(8, 8, 3, 1, 1))
+
+    convs = [nn.Conv2d(shape[0], 8, 3, 1, 1), block(), block(), nn.ReLU()]
+    return _with_head(shape, convs, (100,), classes)
+
+
 ARCHITECTURES: dict[str, Builder] = {"mlp": mlp, "mnist-small": mnist_small, "mnist-medium": mnist_medium,
-                                     "cnn-4layer-5-3": cnn_4layer_5_3}
+                                     "cnn-4layer-5-3": cnn_4layer_5_3, "mnist-resnet": mnist_resnet}
 
 
 def build(name: str, shape: tuple[int, ...], classes: int, seed: int = 0) -> nn.Sequential:

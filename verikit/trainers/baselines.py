@@ -17,6 +17,7 @@ from verikit.trainers.engine import crown_ibp_margin, ibp_margin, input_box, liv
 class Standard(Trainer):
     name = "standard"
     summary = "cross-entropy on clean inputs"
+    uses_eps = False
 
     def loss(self, model, x, y, step):
         logits = model(x)

@@ -6,7 +6,7 @@ copies. The interval pass (`verikit.propagate.interval`) and back-substitution
 (`verikit.propagate.backward.compute_bounds`) then run on it with gradients enabled: the training loss
 of IBP and CROWN-IBP is the bound `verify` computes, differentiated.
 
-The Gemm, Conv, Relu and Flatten rules keep the autograd graph: Gemm and Conv push coefficients with
+The Gemm, Conv, Relu, Flatten and Add rules keep the autograd graph: Gemm and Conv push coefficients with
 their own weight and bias (not `transpose_by_autograd`, whose offset is detached), the ReLU relaxation
 is torch arithmetic on the bounds, and Flatten only reshapes.
 """
@@ -25,6 +25,7 @@ from verikit.graph import Graph, Node, NodeInfo
 from verikit.propagate.backward import compute_bounds
 from verikit.propagate.interval import affine_image, interval_pass
 from verikit.region import Box
+from verikit.trainers.architectures import Residual
 
 
 def _numpy(tensor: torch.Tensor) -> np.ndarray:
@@ -56,7 +57,8 @@ def _describe(module: nn.Module) -> tuple[str, dict, dict[str, np.ndarray]]:
             raise VerikitError(f"{module} flattens other dims than 1..-1", place="model", fix="use nn.Flatten()")
         return "Flatten", {"axis": 1}, {}
     raise VerikitError(f"a {type(module).__name__} layer cannot be bounded for training", place="model",
-                       fix="build the model from Conv2d, Linear, ReLU and Flatten (verikit.trainers.architectures)")
+                       fix="build the model from Conv2d, Linear, ReLU, Flatten and Residual "
+                           "(verikit.trainers.architectures)")
 
 
 def _bind(rule, module: nn.Module) -> None:
@@ -68,37 +70,61 @@ def _bind(rule, module: nn.Module) -> None:
 
 
 class LiveGraph:
-    """A verikit Graph over a live nn.Sequential; `graph()` binds the current parameters."""
+    """A verikit Graph over a live nn.Sequential (residual blocks become an Add of the block's input and
+    its body); `graph()` binds the current parameters."""
 
     def __init__(self, model: nn.Sequential, input_shape: tuple[int, ...]):
-        from verikit.plugins import registry
-
         self.model = model
         self.input_shape = (1, *input_shape)  # ONNX shapes carry the batch dim (exported with batch 1)
-        shapes, nodes, previous = {"input": self.input_shape}, [], "input"
+        self.shapes: dict[str, tuple[int, ...]] = {"input": self.input_shape}
+        self.nodes: list[Node] = []
+        self.modules: list[nn.Module | None] = []  # the module each node binds to (None for an Add)
         with torch.no_grad():
             value = torch.zeros(self.input_shape, dtype=next(model.parameters()).dtype)
-            for index, module in enumerate(model):
+            output, _ = self._add_all(model, "input", value)
+        self.template = Graph("input", self.input_shape, output, self.nodes, self.shapes,
+                              source="live nn.Sequential")
+
+    def _add_all(self, modules: nn.Sequential, previous: str, value: torch.Tensor) -> tuple[str, torch.Tensor]:
+        """Append the nodes of `modules` fed by `previous`; returns the last output's name and value."""
+        for module in modules:
+            if isinstance(module, Residual):
+                skip = previous
+                body, value = self._add_all(module.body, previous, value)
+                previous = self._add_node("Add", {}, (skip, body), {}, value, None)
+            else:
                 op, attributes, constants = _describe(module)
                 value = module(value)
-                output = f"v{index}"
-                names = {key: f"{index}.{key}" for key in constants}
-                inputs = (previous, *(names[k] for k in ("weight", "bias") if k in names))
-                info = NodeInfo(f"{op}_{index}", op, attributes, inputs,
-                                {names[k]: v for k, v in constants.items()},
-                                (shapes[previous], *(constants[k].shape for k in ("weight", "bias") if k in names)),
-                                tuple(value.shape))
-                entry = registry().layer(op)
-                nodes.append(Node(info.name, op, (previous,), output, entry.provider.build(info), entry.plugin))
-                shapes[output], previous = tuple(value.shape), output
-        self.template = Graph("input", self.input_shape, previous, nodes, shapes, source="live nn.Sequential")
+                previous = self._add_node(op, attributes, (previous,), constants, value, module)
+        return previous, value
+
+    def _add_node(self, op: str, attributes: dict, inputs: tuple[str, ...], constants: dict[str, np.ndarray],
+                  value: torch.Tensor, module: nn.Module | None) -> str:
+        """Build one node with the registered rule for `op`, as the ONNX importer would; returns its output."""
+        from verikit.plugins import registry
+
+        index = len(self.nodes)
+        names = {key: f"{index}.{key}" for key in constants}
+        constant_names = tuple(names[k] for k in ("weight", "bias") if k in names)
+        info = NodeInfo(f"{op}_{index}", op, attributes, (*inputs, *constant_names),
+                        {names[k]: v for k, v in constants.items()},
+                        (*(self.shapes[name] for name in inputs), *(constants[k].shape for k in ("weight", "bias")
+                                                                   if k in names)),
+                        tuple(value.shape))
+        entry = registry().layer(op)
+        output = f"v{index}"
+        self.nodes.append(Node(info.name, op, inputs, output, entry.provider.build(info), entry.plugin))
+        self.modules.append(module)
+        self.shapes[output] = tuple(value.shape)
+        return output
 
     def graph(self) -> Graph:
         """The graph with rules holding the module's parameters now (gradients flow into them)."""
         nodes = []
-        for node, module in zip(self.template.nodes, self.model):
+        for node, module in zip(self.template.nodes, self.modules):
             rule = copy.copy(node.rule)
-            _bind(rule, module)
+            if module is not None:
+                _bind(rule, module)
             nodes.append(Node(node.name, node.op_type, node.inputs, node.output, rule, node.plugin))
         t = self.template
         return Graph(t.input_name, t.input_shape, t.output_name, nodes, dict(t.shapes), t.source)

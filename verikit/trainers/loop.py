@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from math import ceil
 from pathlib import Path
 
@@ -14,6 +15,11 @@ from verikit.errors import VerikitError
 from verikit.trainers.base import Progress, Step, TrainOptions, Trainer
 from verikit.trainers.data import Dataset
 
+# Robust losses switched on before the clean net has learned drive it to constant logits (every ReLU
+# dead, chance accuracy). On digits (13 steps an epoch) 19 warm-up steps collapsed SingleProp at eps
+# 0.05; 94 and more trained to 93-95 % clean (benchmarks/README.md, "Training").
+MIN_WARMUP_STEPS = 100
+
 
 def run_training(trainer: Trainer, model: nn.Module, data: Dataset, options: TrainOptions,
                  progress: Progress) -> nn.Module:
@@ -23,6 +29,7 @@ def run_training(trainer: Trainer, model: nn.Module, data: Dataset, options: Tra
     generator = torch.Generator().manual_seed(options.seed)
     steps_per_epoch = ceil(len(data.y_train) / options.batch_size)
     total = options.epochs * steps_per_epoch
+    _check_warmup(trainer, options, total)
     state: dict = {}
     first = 0
     if options.resume and options.checkpoint and Path(options.checkpoint).exists():
@@ -58,6 +65,16 @@ def run_training(trainer: Trainer, model: nn.Module, data: Dataset, options: Tra
             save_checkpoint(options.checkpoint, epoch + 1, model, optimizer, generator, state)
     model.eval()
     return model
+
+
+def _check_warmup(trainer: Trainer, options: TrainOptions, total_steps: int) -> None:
+    """Warn when a robust trainer's eps = 0 warm-up is too short for the clean net to learn first."""
+    steps = options.schedule.warmup * total_steps
+    if trainer.uses_eps and options.eps > 0 and steps < MIN_WARMUP_STEPS:
+        warnings.warn(f"{trainer.name}: the warm-up before eps ramps up lasts {steps:.0f} of {total_steps} steps; "
+                      f"robust training from a barely trained net often collapses to chance accuracy: train "
+                      f"for more epochs, or raise `warmup` (now {options.schedule.warmup:.3f} of training) so "
+                      f"that it lasts at least {MIN_WARMUP_STEPS} steps", stacklevel=3)
 
 
 def _step(trainer: Trainer, options: TrainOptions, data: Dataset, state: dict, fraction: float) -> Step:

@@ -7,9 +7,10 @@ stable active (z - v >= 0) keeps v, stable inactive (z + v <= 0) gives 0, unstab
   zero      (z + v) / 2             (band 0 <= relu <= s (x - l)),
   crown     v if z >= 0 else (z + v) / 2  (CROWN's lower slope: 1 where u >= -l; the reference code's
             z > 0 test sends negative-z unstable neurons to 0, which we read as a bug).
-Max-pool: r = (maxpool(c + r) - maxpool(c - r)) / 2. The worst-case logits c - r (true class) and
-c + r (others) enter L = (1 - kappa) CE(z_wc) + kappa CE(z_clean). c +- r is not a sound bound: certify
-the trained net with verikit's sound methods.
+Max-pool: r = (maxpool(c + r) - maxpool(c - r)) / 2. A residual block x + f(x): the radii add.
+The worst-case logits c - r (true class) and c + r (others) enter
+L = (1 - kappa) CE(z_wc) + kappa CE(z_clean). c +- r is not a sound bound: certify the trained net with
+verikit's sound methods.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from torch import nn
 
 from verikit.errors import VerikitError
 from verikit.hookspecs import hookimpl
+from verikit.trainers.architectures import Residual
 from verikit.trainers.base import Step, TrainOptions, Trainer, clean_loss, mixed_loss
 
 RELU_RULES = ("fast-lin", "zero", "crown")
@@ -44,22 +46,30 @@ def propagate(model: nn.Sequential, x: torch.Tensor, radius: float | torch.Tenso
     """Clean logits and their radii: the clean forward pass plus one radius pass through |W|."""
     center, spread = x, torch.broadcast_to(torch.as_tensor(radius, dtype=x.dtype), x.shape)
     for module in model:
-        if isinstance(module, nn.Linear):
-            center, spread = module(center), F.linear(spread, module.weight.abs())
-        elif isinstance(module, nn.Conv2d):
-            spread = F.conv2d(spread, module.weight.abs(), None, module.stride, module.padding, module.dilation,
-                              module.groups)
-            center = module(center)
-        elif isinstance(module, nn.ReLU):
-            center, spread = torch.relu(center), relu_radius(center, spread, rule)
-        elif isinstance(module, nn.MaxPool2d):
-            center, spread = module(center), (module(center + spread) - module(center - spread)) / 2
-        elif isinstance(module, nn.Flatten):
-            center, spread = module(center), module(spread)
-        else:
-            raise VerikitError(f"SingleProp has no radius rule for {type(module).__name__}", place="model",
-                               fix="use Conv2d, Linear, ReLU, MaxPool2d and Flatten layers")
+        center, spread = _layer(module, center, spread, rule)
     return center, spread
+
+
+def _layer(module: nn.Module, center: torch.Tensor, spread: torch.Tensor,
+           rule: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """One layer's clean output and radius (module docstring)."""
+    if isinstance(module, nn.Linear):
+        return module(center), F.linear(spread, module.weight.abs())
+    if isinstance(module, nn.Conv2d):
+        spread = F.conv2d(spread, module.weight.abs(), None, module.stride, module.padding, module.dilation,
+                          module.groups)
+        return module(center), spread
+    if isinstance(module, nn.ReLU):
+        return torch.relu(center), relu_radius(center, spread, rule)
+    if isinstance(module, nn.MaxPool2d):
+        return module(center), (module(center + spread) - module(center - spread)) / 2
+    if isinstance(module, nn.Flatten):
+        return module(center), module(spread)
+    if isinstance(module, Residual):  # x + body(x): the radii of the skip and the body add
+        body_center, body_spread = propagate(module.body, center, spread, rule)
+        return center + body_center, spread + body_spread
+    raise VerikitError(f"SingleProp has no radius rule for {type(module).__name__}", place="model",
+                       fix="use Conv2d, Linear, ReLU, MaxPool2d, Flatten and Residual layers")
 
 
 def worst_case_logits(center: torch.Tensor, spread: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
