@@ -8,11 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from verikit.errors import SpecError
-from verikit.spec.property import InputConstraints, OutputClause, Property, RegionSpec
+from verikit.spec.property import InputConstraints, OutputClause, Property, RegionSpec, robustness_property
 from verikit.spec.vnnlib import read_vnnlib, write_vnnlib
 
 __all__ = ["InputConstraints", "OutputClause", "Property", "RegionSpec", "load_spec", "read_vnnlib",
-           "read_yaml_spec", "write_vnnlib"]
+           "read_yaml_spec", "robustness_property", "write_vnnlib"]
 
 
 def load_spec(path: str | Path, n_inputs: int | None = None, n_outputs: int | None = None) -> Property:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from verikit.region import Region
+from verikit.region import Box, LpBall, Region
 
 
 @dataclass(frozen=True)
@@ -82,3 +82,18 @@ class Property:
             if bool(region.contains(x, tolerance)[0, 0]) and float(spec.violation(x[0], y)[0]) <= tolerance:
                 return True
         return False
+
+
+def robustness_property(center: torch.Tensor, label: int, epsilon: float, n_outputs: int, norm: float = float("inf"),
+                        domain: Box | None = None, targets: tuple[int, ...] | None = None,
+                        source: str = "") -> Property:
+    """Local robustness around `center` (flat [n_in]): unsafe where some target output (default: every
+    other class) reaches the label's, Y_label - Y_j <= 0, within the eps ball (clipped to `domain`)."""
+    clauses = []
+    for j in targets if targets is not None else [j for j in range(n_outputs) if j != label]:
+        row = torch.zeros(1, n_outputs, dtype=torch.float64)
+        row[0, label], row[0, j] = 1.0, -1.0
+        clauses.append(OutputClause(row, torch.zeros(1, dtype=torch.float64)))
+    flat = torch.as_tensor(center, dtype=torch.float64).reshape(1, -1)
+    ball = LpBall(flat, torch.tensor([float(epsilon)], dtype=torch.float64), norm, domain)
+    return Property(flat.shape[1], n_outputs, (RegionSpec(ball, tuple(clauses)),), source=source)

@@ -22,8 +22,8 @@ import torch
 import yaml
 
 from verikit.errors import SpecError
-from verikit.region import Box, LpBall, parse_norm
-from verikit.spec.property import OutputClause, Property, RegionSpec
+from verikit.region import Box, parse_norm
+from verikit.spec.property import OutputClause, Property, RegionSpec, robustness_property
 from verikit.spec.sexpr import FINITE_FIX, read_text, shown
 from verikit.spec.vnnlib import MAX_INPUT_BOUND, MAX_SPEC_VALUES
 
@@ -228,13 +228,8 @@ def _robustness(doc: _Document, n_inputs: int | None, n_outputs: int | None) -> 
         domain = _box(doc, doc.data["domain"], "domain", center.size)
         if ((center < domain.lower.numpy()[0]) | (center > domain.upper.numpy()[0])).any():
             raise doc.error("domain", "the input lies outside the domain", fix="widen the domain or fix the input")
-    clauses = []
-    for j in others:  # unsafe: Y_j >= Y_label, i.e. Y_label - Y_j <= 0
-        row = torch.zeros(1, n_out, dtype=torch.float64)
-        row[0, label], row[0, j] = 1.0, -1.0
-        clauses.append(OutputClause(row, torch.zeros(1, dtype=torch.float64)))
-    ball = LpBall(torch.from_numpy(center)[None], torch.tensor([epsilon], dtype=torch.float64), norm, domain)
-    return Property(center.size, n_out, (RegionSpec(ball, tuple(clauses)),), source=doc.path)
+    return robustness_property(torch.from_numpy(center), label, epsilon, n_out, norm, domain, tuple(others),
+                               source=doc.path)
 
 
 def _check_values(doc: _Document, key: str, values: int) -> None:
