@@ -151,7 +151,7 @@ def test_a_passed_deadline_stops_after_the_first_sound_step(networks):
     region = dict(regions(graph.input_size))["box"]
     rows = rows_for(graph)
     crown = Crown().bound(graph, region, rows, LinearRelaxationOptions(dtype="float64"))
-    late = AlphaCrown().bound(graph, region, rows, AlphaCrownOptions(dtype="float64", deadline=0.0))
+    late = AlphaCrown().bound(graph, region, rows, AlphaCrownOptions(dtype="float64"), deadline=0.0)
     full = AlphaCrown().bound(graph, region, rows, AlphaCrownOptions(dtype="float64"))
     assert bool((late.lower >= crown.lower - 1e-9).all() and (late.lower <= full.lower + 1e-9).all())
     assert float((full.lower - late.lower).max()) > 1e-6  # the optimised steps were really skipped

@@ -127,7 +127,7 @@ def test_the_deadline_holds_inside_a_bound_pass_on_the_largest_conv_net(benchmar
 def test_the_same_seed_repeats_the_attack(tmp_path):
     graph = load_model(mlp(tmp_path / "net.onnx", "Relu", widths=(16, 16), inputs=4, outputs=3, seed=2))
     prop = load_spec(_threshold_spec(graph, tmp_path), graph)
-    found = [PGD().attack(graph, prop, PGDOptions(seed=seed), None) for seed in (7, 7, 8)]
+    found = [PGD().attack(graph, prop, PGDOptions(), None, seed=seed) for seed in (7, 7, 8)]
     assert all(f is not None for f in found)
     assert torch.equal(found[0][0], found[1][0]) and not torch.equal(found[0][0], found[2][0])
 

@@ -4,7 +4,6 @@
 `c . y - d` is positive); `sat` only with a counterexample that onnxruntime confirms."""
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -20,7 +19,6 @@ from verikit.verdict import Verdict, confirm
 
 DEFAULT_BOUND_ORDER = ("ibp", "crown", "alpha-crown", "group-dual")  # each only where it applies
 CHEAP_BOUNDS = ("ibp", "fast-lin", "crown", "cnn-cert")  # one pass each; the others iterate
-STRONG_ATTACK = {"restarts": 4096, "max_points": 4096, "steps": 50, "step_seconds": 0.025}  # one step over all starts
 FIRST_ATTACK_SHARE = 0.02  # of the timeout (at least 1 s), at most, for the quick attack before any bound
 STRONG_ATTACK_SHARE = 0.15  # of the time left, at most, for the attack with more restarts
 ITERATED_COST = 20  # an iterative bound method costs about this many cheap passes (alpha-crown's steps) ...
@@ -191,18 +189,11 @@ def _complete(graph: Graph, prop: Property, open_regions: list[_Open], name: str
     """The complete method on the clauses still open; its `sat` stands only once confirmed. (The
     first slice of input splitting runs with one process: starting workers costs seconds.)"""
     method = get_method(name)
-    options = _options_with(method, device=device, workers=workers)
-    verdict = method.decide(graph, _restrict(prop, open_regions), options, deadline)
+    verdict = method.decide(graph, _restrict(prop, open_regions), method.default_options(), deadline, device=device,
+                            workers=workers)
     if verdict.status == "sat":
         verdict = confirm(graph, prop, verdict.counterexample, name) or Verdict("unknown", method=name)
     return verdict
-
-
-def _options_with(method, **fields):
-    """The method's default options with those of `fields` its options dataclass has."""
-    options = method.default_options()
-    present = {key: value for key, value in fields.items() if hasattr(options, key)}
-    return dataclasses.replace(options, **present) if present else options
 
 
 def _stamp(verdict: Verdict, start: float) -> Verdict:
@@ -212,30 +203,28 @@ def _stamp(verdict: Verdict, start: float) -> Verdict:
 
 def _attack(graph: Graph, prop: Property, name: str, deadline: float, strong: bool = False,
             seed: int = 0) -> Verdict | None:
-    """Run the attack method; `strong`: a second round with many more restarts (rare counterexamples
-    need thousands of starts), where the method's options have those fields (the attack sizes its batch
-    of starts to the net's measured cost: up to 4096 on ACAS Xu, a few hundred on a conv net)."""
+    """Run the attack method; `strong`: a second round with the method's escalated options (pgd: many
+    more restarts, which rare counterexamples need; it sizes its batch of starts to the net's measured
+    cost: up to 4096 on ACAS Xu, a few hundred on a conv net)."""
     method = get_method(name)
-    options = _options_with(method, seed=seed)
-    if strong:
-        options = _options_with(method, seed=seed, **STRONG_ATTACK)
-    found = method.attack(graph, prop, options, deadline)
+    options = method.default_options()
+    found = method.attack(graph, prop, method.escalated(options) if strong else options, deadline, seed=seed)
     return confirm(graph, prop, found, name) if found is not None else None
 
 
 def _refute(graph: Graph, prop: Property, method, open_regions: list[_Open], device: str = "cpu",
             deadline: float | None = None) -> list[_Open] | Verdict:
     """Bound each open region's clause rows with `method` (computing on `device`, which the bound
-    methods follow from the region, and stopping iterative work at `deadline` where the method's
-    options have one); keep the clauses no row refutes. A clause whose every row's upper bound is at
+    methods follow from the region, and stopping iterative work at `deadline`); keep the clauses no row
+    refutes. A clause whose every row's upper bound is at
     most 0 holds at every point of the region: its centre is confirmed and returned as `sat`."""
-    options = _options_with(method, deadline=deadline)
+    options = method.default_options()
     still_open = []
     for item in open_regions:
         spec = prop.regions[item.region_index]
         rows, rhs, owner = spec.rows(item.clauses)
         region = spec.region.to(torch.float32, device)
-        bound = method.bound(graph, region, rows.float().unsqueeze(0).to(device), options)
+        bound = method.bound(graph, region, rows.float().unsqueeze(0).to(device), options, deadline=deadline)
         lower, upper = (side[0].double().cpu() - rhs for side in (bound.lower, bound.upper))
         kept = []
         for position, index in enumerate(item.clauses):

@@ -53,7 +53,6 @@ class AlphaCrownOptions:
     intermediate_limit: int = 20_000  # ... only when at most this many neurons feed activations
     intersect_ibp: bool = True  # intersect every bound with interval propagation (sound, tighter)
     batch_rows: int = 2048  # problems x coefficient rows per backward pass of the intermediate bounds
-    deadline: float | None = None  # time.monotonic() by which the steps end: none starts that would end later
 
 
 class AlphaCrown(Method):
@@ -64,8 +63,9 @@ class AlphaCrown(Method):
     needs = ("forward", "interval", "backward", "relax")
 
     def bound(self, graph: Graph, region: Region, coefficients: torch.Tensor, options=None,
-              intermediate: dict[str, Interval] | None = None) -> Interval:
-        """Bounds [B, K] of `coefficients @ output` over the region (see Method.bound)."""
+              intermediate: dict[str, Interval] | None = None, deadline: float | None = None) -> Interval:
+        """Bounds [B, K] of `coefficients @ output` over the region (see Method.bound); no step starts
+        that would end after `deadline`."""
         options = options or self.default_options()
         if options.dtype not in DTYPES:
             raise ValueError(f"{self.name}: dtype {options.dtype!r} is not one of {', '.join(DTYPES)}")
@@ -79,8 +79,8 @@ class AlphaCrown(Method):
                                   batch_rows=options.batch_rows)
         best = None
         if options.optimize_intermediate and _relaxed_neurons(graph) <= options.intermediate_limit:
-            bounds, best = tighten_intermediate(graph, region, rows, bounds, options)
-        result = optimize_rows(graph, region, rows, bounds, options)
+            bounds, best = tighten_intermediate(graph, region, rows, bounds, options, deadline=deadline)
+        result = optimize_rows(graph, region, rows, bounds, options, deadline=deadline)
         crown = None  # piecewise-linear slopes start at CROWN's: the ascent's first step is CROWN's bound
         if any(not node.linear and not node.rule.kinks for node in graph.nodes):
             with torch.no_grad():  # other ops (S-shaped) may start from other lines: CROWN's rows as a floor
@@ -97,7 +97,7 @@ class AlphaCrown(Method):
 
 
 def optimize_rows(graph: Graph, region: Region, coefficients: torch.Tensor, bounds: dict[str, Interval],
-                  options: AlphaCrownOptions, sides: str = "both") -> Interval:
+                  options: AlphaCrownOptions, sides: str = "both", deadline: float | None = None) -> Interval:
     """Bounds [B, K] of `coefficients @ output` ([B or 1, K, n_out]) with per-row slopes optimised and
     the intermediate `bounds` fixed; the unwanted side (`sides` "lower" / "upper") comes back infinite."""
     batch, rows = region.batch, coefficients.shape[1]
@@ -108,7 +108,8 @@ def optimize_rows(graph: Graph, region: Region, coefficients: torch.Tensor, boun
     index = torch.arange(batch, device=stacked.device).repeat_interleave(per_problem)
     folded_region, folded_bounds = fold(graph, region, bounds, index)
     folded_rows = stacked.reshape(batch * per_problem, 1, *graph.output_shape)
-    lower = optimize_folded(graph, folded_region, folded_rows, folded_bounds, options).reshape(batch, per_problem)
+    lower = optimize_folded(graph, folded_region, folded_rows, folded_bounds, options,
+                            deadline=deadline).reshape(batch, per_problem)
     infinite = torch.full_like(lower[:, :rows], float("inf"))
     if sides == "lower":
         return Interval(lower, infinite)
@@ -128,7 +129,8 @@ def fold(graph: Graph, region: Region, bounds: dict[str, Interval], index: torch
 def optimize_folded(graph: Graph, region: Region, rows: torch.Tensor, bounds: dict[str, Interval],
                     options: AlphaCrownOptions, record: dict[str, torch.Tensor] | None = None,
                     split_signs: dict[str, torch.Tensor] | None = None,
-                    stop_at: torch.Tensor | None = None, target: str | None = None) -> torch.Tensor:
+                    stop_at: torch.Tensor | None = None, target: str | None = None,
+                    deadline: float | None = None) -> torch.Tensor:
     """Lower bounds [P] of `rows[p] . output` ([P, 1, *output_shape]) over problem p of the region, each
     with its own slopes; `record` receives backward_bound's coefficients (upper-bound form, for -rows)
     at each problem's best step; a problem leaves the ascent once its bound exceeds `stop_at` ([P]).
@@ -160,13 +162,13 @@ def optimize_folded(graph: Graph, region: Region, rows: torch.Tensor, bounds: di
         return found.lower[:, 0]
 
     groups = [(list(slopes.values()), options.lr, 1.0), (list(betas.values()), options.lr_beta, float("inf"))]
-    return _ascend(objective, groups, options, step_record, record, stop_at)
+    return _ascend(objective, groups, options, step_record, record, stop_at, deadline)
 
 
 def tighten_intermediate(graph: Graph, region: Region, coefficients: torch.Tensor,
                          bounds: dict[str, Interval], options: AlphaCrownOptions,
                          known: dict[str, Interval] | None = None, skip_stable: bool = False,
-                         ) -> tuple[dict[str, Interval], Interval]:
+                         deadline: float | None = None) -> tuple[dict[str, Interval], Interval]:
     """Optimise slopes shared per problem on the sum of both sides of every row, re-bounding every
     layer but the `known` ones at each step (with `skip_stable`, only their neurons that cross 0, as
     layer_bounds does); returns the tightest intermediate bounds met and the best row bounds."""
@@ -185,17 +187,17 @@ def tighten_intermediate(graph: Graph, region: Region, coefficients: torch.Tenso
                                lower_slopes=slopes)
         return torch.cat([found.lower, -found.upper], dim=1)
 
-    best = _ascend(objective, [(list(slopes.values()), options.lr, 1.0)], options)
+    best = _ascend(objective, [(list(slopes.values()), options.lr, 1.0)], options, deadline=deadline)
     return best_bounds, Interval(best[:, :rows], -best[:, rows:])
 
 
 def tighten_each_neuron(graph: Graph, region: Region, bounds: dict[str, Interval],
-                        options: AlphaCrownOptions) -> dict[str, Interval]:
+                        options: AlphaCrownOptions, deadline: float | None = None) -> dict[str, Interval]:
     """Intermediate bounds of a one-problem region tightened neuron by neuron, layer by layer: each
     loose neuron's two sides get slopes (tangent positions) of their own, as alpha-CROWN gives each
     output row, and the later layers are re-bounded on the result, so the gain carries forward. Loose:
     crossing 0 where only ReLUs consume the value (the others are exact), any width elsewhere. Stops
-    at `options.deadline` with what it has."""
+    at `deadline` with what it has."""
     bounds = dict(bounds)
     relaxed = [name for name in values_to_relax(graph) if name in bounds]
     for position, name in enumerate(relaxed):
@@ -212,10 +214,10 @@ def tighten_each_neuron(graph: Graph, region: Region, bounds: dict[str, Interval
             continue
         step = max(1, SLOPE_ENTRIES // (2 * upstream))  # neurons per pass: a memory cap
         for start in range(0, len(unstable), step):
-            if options.deadline is not None and time.monotonic() >= options.deadline:
+            if deadline is not None and time.monotonic() >= deadline:
                 return bounds  # what is tightened so far is sound; the rest keeps its bounds
             neurons = unstable[start:start + step]
-            found_lower, found_upper = _tighten_neurons(graph, region, bounds, name, neurons, options)
+            found_lower, found_upper = _tighten_neurons(graph, region, bounds, name, neurons, options, deadline)
             lower[neurons] = torch.maximum(lower[neurons], found_lower)
             upper[neurons] = torch.minimum(upper[neurons], found_upper)
         bounds[name] = Interval(lower.reshape(bound.lower.shape), upper.reshape(bound.upper.shape))
@@ -227,7 +229,8 @@ def tighten_each_neuron(graph: Graph, region: Region, bounds: dict[str, Interval
 
 
 def _tighten_neurons(graph: Graph, region: Region, bounds: dict[str, Interval], name: str,
-                     neurons: torch.Tensor, options: AlphaCrownOptions) -> tuple[torch.Tensor, torch.Tensor]:
+                     neurons: torch.Tensor, options: AlphaCrownOptions,
+                     deadline: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Lower and upper bounds of the given neurons of value `name`, each side with its own slopes."""
     count, size = len(neurons), prod(graph.shapes[name])
     rows = bounds[name].lower.new_zeros(2 * count, size)
@@ -236,7 +239,7 @@ def _tighten_neurons(graph: Graph, region: Region, bounds: dict[str, Interval], 
     index = torch.zeros(2 * count, dtype=torch.long, device=rows.device)
     folded_region, folded_bounds = fold(graph, region, bounds, index)
     found = optimize_folded(graph, folded_region, rows.reshape(2 * count, 1, *graph.shapes[name]),
-                            folded_bounds, options, target=name)
+                            folded_bounds, options, target=name, deadline=deadline)
     return found[:count], -found[count:]
 
 
@@ -270,12 +273,12 @@ def _pick_all(record, pick):
 
 def _ascend(objective, groups: list[tuple[list[torch.Tensor], float, float]], options: AlphaCrownOptions,
             step_record: dict | None = None, record: dict | None = None,
-            stop_at: torch.Tensor | None = None) -> torch.Tensor:
+            stop_at: torch.Tensor | None = None, deadline: float | None = None) -> torch.Tensor:
     """Adam ascent of objective(active) (the lower bounds of problems `active`, None: all) over groups of
     parameters (tensors, learning rate, upper limit; all projected into [0, limit]); returns the best
     value per entry (the first step uses the initial parameters). With `stop_at` (one per problem), a problem
     whose best exceeds it leaves the active set (the problems are independent: the others' steps are
-    unchanged), and the ascent stops once none is left."""
+    unchanged), and the ascent stops once none is left, or before a step that would end after `deadline`."""
     adams = [Adam(tensors, lr, maximize=True, limits=(0.0, limit)) for tensors, lr, limit in groups if tensors]
     parameters = [p for adam in adams for p in adam.parameters]
     best, active = None, None
@@ -299,7 +302,7 @@ def _ascend(objective, groups: list[tuple[list[torch.Tensor], float, float]], op
                 every = torch.arange(len(best), device=best.device) if active is None else active
                 active = every[still]
         now = time.monotonic()  # the next step would end about a step's time from now
-        late = options.deadline is not None and 2 * now - started >= options.deadline
+        late = deadline is not None and 2 * now - started >= deadline
         if done or late or step == options.steps - 1 or not value.requires_grad:
             break
         gradients = iter(torch.autograd.grad(value.sum(), parameters, allow_unused=True))

@@ -52,9 +52,10 @@ class InputSplitOptions:
 @dataclass
 class BaBOptions:
     """max_inputs: the largest input dimension split directly (input splitting, `inputs`); larger inputs
-    go to ReLU splitting (`relu`, relu_split.py). device: where the domains are bounded ("cuda" for a
-    GPU; attacks and LP leaves run on the CPU). workers: processes that decide pieces of the property
-    at once (input splitting: the open sub-boxes, dealt again round after round,
+    go to ReLU splitting (`relu`, relu_split.py). device and workers (`decide`'s arguments where given,
+    which verify passes) carry to the search's parts: device is where the domains are bounded ("cuda"
+    for a GPU; attacks and LP leaves run on the CPU); workers are processes that decide pieces of the
+    property at once (input splitting: the open sub-boxes, dealt again round after round,
     `_split_inputs_in_rounds`; ReLU splitting: the regions, or one region's open domains once the
     search has a few per worker, verikit.methods.bab_pool)."""
 
@@ -73,8 +74,10 @@ class BranchAndBound(Method):
     needs = ("forward", "interval", "backward", "relax")
 
     def decide(self, graph: Graph, prop: Property, options: BaBOptions | None = None,
-               deadline: float | None = None) -> Verdict:
+               deadline: float | None = None, device: str | None = None, workers: int | None = None) -> Verdict:
         options = options or BaBOptions()
+        given = {"device": device, "workers": workers}
+        options = dataclasses.replace(options, **{key: value for key, value in given.items() if value is not None})
         deadline = deadline if deadline is not None else time.monotonic() + 60
         split = _split_inputs if prop.n_inputs <= options.max_inputs else split_relus
         if options.workers > 1 and split is _split_inputs and all(_boxed(spec) for spec in prop.regions):

@@ -28,18 +28,27 @@ class Method:
     needs: ClassVar[tuple[str, ...]] = ("forward", "interval")  # layer-rule members it calls
 
     def bound(self, graph: Graph, region: Region, coefficients: torch.Tensor, options=None,
-              intermediate: dict[str, Interval] | None = None) -> Interval:
+              intermediate: dict[str, Interval] | None = None, deadline: float | None = None) -> Interval:
         """Bounds of `coefficients @ output` ([B, K] from coefficients [B or 1, K, n_out]) over the
-        region; fills `intermediate` (value name -> Interval) when given."""
+        region, computed on the region's device; fills `intermediate` (value name -> Interval) when
+        given. An iterative method starts no step after `deadline` (time.monotonic()) and returns the
+        sound bounds it has; a single pass may ignore it (the engines check verikit.deadline)."""
         raise NotImplementedError
 
-    def attack(self, graph: Graph, prop, options=None, deadline: float | None = None):
-        """A flat (input, output) pair violating the property, or None."""
+    def attack(self, graph: Graph, prop, options=None, deadline: float | None = None, seed: int = 0):
+        """A flat (input, output) pair violating the property, or None; `seed` fixes its random starts."""
         raise NotImplementedError
 
-    def decide(self, graph: Graph, prop, options=None, deadline: float | None = None) -> Verdict:
-        """A complete answer for the property, or unknown/timeout."""
+    def decide(self, graph: Graph, prop, options=None, deadline: float | None = None, device: str | None = None,
+               workers: int | None = None) -> Verdict:
+        """A complete answer for the property, or unknown/timeout at `deadline`; bounds are computed on
+        `device` and up to `workers` processes may share the work (None: the method's own default)."""
         raise NotImplementedError
+
+    def escalated(self, options):
+        """The options of a longer, stronger run of this attack (verify's second attack round, once cheap
+        bounds left clauses open); the default is the same options."""
+        return options
 
     def applies(self, graph: Graph) -> bool:
         """Whether the method can bound this graph at all (the pipeline skips it where not); most can."""

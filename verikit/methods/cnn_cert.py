@@ -48,7 +48,7 @@ class CnnCert(Method):
     needs: ClassVar[tuple[str, ...]] = ("forward", "interval", "backward", "relax")
 
     def bound(self, graph: Graph, region: Region, coefficients: torch.Tensor, options: CnnCertOptions | None = None,
-              intermediate: dict[str, Interval] | None = None) -> Interval:
+              intermediate: dict[str, Interval] | None = None, deadline: float | None = None) -> Interval:
         """Bounds [B, K] of `coefficients @ output` over the region (see Method.bound)."""
         options = options or self.default_options()
         if options.mode not in MODES:

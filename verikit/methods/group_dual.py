@@ -51,7 +51,6 @@ class GroupDualOptions:
     lr: float = 0.2  # Adam's learning rate, as a fraction of the mean |initial multiplier|
     lr_decay: float = 0.99  # learning rate factor per step
     max_group_inputs: int = 4  # the most inputs one group may read: vertices grow as (neurons + 2 d)^d
-    deadline: float | None = None  # time.monotonic() after which no step starts
 
 
 @dataclass
@@ -96,8 +95,9 @@ class GroupDual(Method):
         return True
 
     def bound(self, graph: Graph, region: Region, coefficients: torch.Tensor, options=None,
-              intermediate: dict[str, Interval] | None = None) -> Interval:
-        """Bounds [B, K] of `coefficients @ output` over the region (see Method.bound)."""
+              intermediate: dict[str, Interval] | None = None, deadline: float | None = None) -> Interval:
+        """Bounds [B, K] of `coefficients @ output` over the region (see Method.bound); no step starts
+        after `deadline`."""
         options = options or self.default_options()
         layout = self._layout(graph, options.max_group_inputs)
         rows = coefficients.to(F64).cpu().expand(region.batch, *coefficients.shape[1:])
@@ -107,7 +107,7 @@ class GroupDual(Method):
             signed = torch.cat([rows[problem], -rows[problem]])
             found = _bound_problem(layout, region.select(torch.tensor([problem])).to(F64, "cpu"),
                                    box.lower[problem].to(F64).cpu(), box.upper[problem].to(F64).cpu(),
-                                   signed, options)
+                                   signed, options, deadline)
             lower.append(found[: rows.shape[1]])
             upper.append(-found[rows.shape[1]:])
         device, dtype = coefficients.device, coefficients.dtype
@@ -235,7 +235,7 @@ def _vertices(weights: torch.Tensor, bias: torch.Tensor, lower: torch.Tensor, up
 
 
 def _bound_problem(layout: OneLayer, region: Region, lower: torch.Tensor, upper: torch.Tensor,
-                   rows: torch.Tensor, options: GroupDualOptions) -> torch.Tensor:
+                   rows: torch.Tensor, options: GroupDualOptions, deadline: float | None = None) -> torch.Tensor:
     """Lower bounds [K] of rows [K, n_out] . output over one problem's region (box: lower, upper)."""
     slopes, offset = _tail(layout, rows)
     act = layout.activation.rule
@@ -243,7 +243,7 @@ def _bound_problem(layout: OneLayer, region: Region, lower: torch.Tensor, upper:
         offset = offset + slopes[:, layout.alone] @ act.forward(layout.constant[layout.alone])
     read = [g for g in layout.groups if bool(slopes[:, g.neurons].any())]  # f_g = 0 for every row: no term
     parts = [_group_part(g, act, slopes, lower[g.inputs], upper[g.inputs]) for g in read]
-    return _ascend(parts, region, offset, lower.shape[0], options)
+    return _ascend(parts, region, offset, lower.shape[0], options, deadline)
 
 
 def _tail(layout: OneLayer, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -305,8 +305,9 @@ def _padded(parts: list[_Part], rows: int, n: int):
 
 
 def _ascend(parts: list[_Part], region: Region, offset: torch.Tensor, n: int,
-            options: GroupDualOptions) -> torch.Tensor:
-    """Adam on the multipliers of every group and row; the best bound per row, less a rounding slack."""
+            options: GroupDualOptions, deadline: float | None = None) -> torch.Tensor:
+    """Adam on the multipliers of every group and row (no step starts after `deadline`); the best bound
+    per row, less a rounding slack."""
     rows, count = offset.shape[0], len(parts)
     vertices, values, inputs, start = _padded(parts, rows, n)
     size = vertices.shape[1]
@@ -325,7 +326,7 @@ def _ascend(parts: list[_Part], region: Region, offset: torch.Tensor, n: int,
         bound = terms.sum(1) + rest.detach() + offset
         slack = 1e-9 * (1 + terms.abs().sum(1) + rest.detach().abs() + offset.abs())
         best = torch.maximum(best, bound - slack)
-        if step == options.steps - 1 or (options.deadline is not None and time.monotonic() >= options.deadline):
+        if step == options.steps - 1 or (deadline is not None and time.monotonic() >= deadline):
             break
         gradient += torch.cat([minimiser, minimiser.new_zeros(rows, 1)], 1)[:, inputs]  # d rest / d multipliers
         adam.step([gradient], options.lr_decay ** step)

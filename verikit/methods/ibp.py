@@ -30,7 +30,7 @@ class IBP(Method):
     needs = ("forward", "interval")
 
     def bound(self, graph: Graph, region: Region, coefficients: torch.Tensor, options: IBPOptions | None = None,
-              intermediate: dict[str, Interval] | None = None) -> Interval:
+              intermediate: dict[str, Interval] | None = None, deadline: float | None = None) -> Interval:
         options = options or IBPOptions()
         dtype = getattr(torch, options.dtype)
         device = region_device(region)

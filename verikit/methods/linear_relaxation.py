@@ -39,7 +39,7 @@ class LinearRelaxationMethod(Method):
     needs: ClassVar[tuple[str, ...]] = ("forward", "interval", "backward", "relax")
 
     def bound(self, graph: Graph, region: Region, coefficients: torch.Tensor, options=None,
-              intermediate: dict[str, Interval] | None = None) -> Interval:
+              intermediate: dict[str, Interval] | None = None, deadline: float | None = None) -> Interval:
         """Bounds [B, K] of `coefficients @ output` over the region (see Method.bound)."""
         options = options or self.default_options()
         if options.dtype not in DTYPES:

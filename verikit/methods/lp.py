@@ -15,13 +15,14 @@ not nested in their bounds, so with those a row can come out marginally looser.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 import torch
 
-from verikit import deadline
+from verikit import deadline as instance_deadline
 from verikit.bounds import Interval, Relaxation
 from verikit.graph import Graph, Node
 from verikit.hookspecs import hookimpl
@@ -62,9 +63,10 @@ class DualLP(Method):
     full: ClassVar[bool] = False
 
     def bound(self, graph: Graph, region: Region, coefficients: torch.Tensor, options: LPOptions | None = None,
-              intermediate: dict[str, Interval] | None = None) -> Interval:
+              intermediate: dict[str, Interval] | None = None, deadline: float | None = None) -> Interval:
         """Bounds [B, K] of `coefficients @ output` over the region; `intermediate` as in compute_bounds
-        (pre-filled entries are used as given; lp-full writes its LP bounds back into it)."""
+        (pre-filled entries are used as given; lp-full writes its LP bounds back into it). Rows reached
+        after `deadline` keep the same-slope back-substitution bound."""
         options = options or self.default_options()
         if options.sides not in SIDES or options.solver not in LP_SOLVERS:
             raise ValueError(f"{self.name}: sides {options.sides!r} / solver {options.solver!r} not in "
@@ -83,8 +85,10 @@ class DualLP(Method):
                 _write_back(intermediate, values, index, region.batch)
             encoding = encode_graph(graph, problem, values)
             for row in range(coefficients.shape[1]):
-                deadline.check()
-                row_lower, row_upper = bound_row(encoding, graph.output_name, coefficients[index, row], options)
+                instance_deadline.check()
+                late = deadline is not None and time.monotonic() >= deadline
+                row_lower, row_upper = (-np.inf, np.inf) if late else bound_row(
+                    encoding, graph.output_name, coefficients[index, row], options)
                 lower[index, row] = row_lower if np.isfinite(row_lower) else fallback.lower[index, row]
                 upper[index, row] = row_upper if np.isfinite(row_upper) else fallback.upper[index, row]
         return _keep_sides(Interval(lower, upper), options.sides)

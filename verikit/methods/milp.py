@@ -61,7 +61,7 @@ class MILP(Method):
     needs = ("forward", "interval", "backward", "relax", "encode_lp", "exact_encoding")
 
     def bound(self, graph: Graph, region: Region, coefficients: torch.Tensor, options: MILPOptions | None = None,
-              intermediate: dict[str, Interval] | None = None) -> Interval:
+              intermediate: dict[str, Interval] | None = None, deadline: float | None = None) -> Interval:
         """Exact bounds [B, K] of `coefficients @ output` (CROWN's where a solve fails)."""
         options = options or self.default_options()
         check_encodable(graph, self.name)
@@ -87,7 +87,7 @@ class MILP(Method):
         return _minimize(encoding, graph, row.to(F64), options or self.default_options(), deadline)
 
     def decide(self, graph: Graph, prop: Property, options: MILPOptions | None = None,
-               deadline: float | None = None) -> Verdict:
+               deadline: float | None = None, device: str | None = None, workers: int | None = None) -> Verdict:
         """sat with a counterexample, unsat when every clause's MILP is infeasible, else unknown / timeout."""
         options = options or self.default_options()
         check_encodable(graph, self.name)

@@ -244,7 +244,7 @@ class _Problem:
         rows, rhs, owner = spec.rows()
         self.rows, self.rhs = rows.to(self.device, F32), rhs.to(self.device, F32)
         self.owner = owner.to(self.device)
-        self.alpha = AlphaCrownOptions(steps=options.relu.alpha_steps, deadline=deadline)
+        self.alpha, self.deadline = AlphaCrownOptions(steps=options.relu.alpha_steps), deadline
         self.intermediate = dataclasses.replace(self.alpha, steps=options.relu.intermediate_steps,
                                                 batch_rows=options.relu.batch_rows)
         self.attack_points, self.batch_rows = options.relu.attack_points, options.relu.batch_rows
@@ -280,12 +280,12 @@ class _Problem:
         with torch.no_grad():
             bounds = layer_bounds(self.graph, self.region, "adaptive", {}, batch_rows=self.batch_rows)
         bounds, _ = tighten_intermediate(self.graph, self.region, rows, bounds,
-                                         dataclasses.replace(self.alpha, steps=20))
-        deadline = self.alpha.deadline
+                                         dataclasses.replace(self.alpha, steps=20), deadline=self.deadline)
+        deadline = self.deadline
         if deadline is not None:
             deadline = time.monotonic() + share * (deadline - time.monotonic())
-        return tighten_each_neuron(self.graph, self.region, bounds,
-                                   dataclasses.replace(self.alpha, steps=20, deadline=deadline))
+        return tighten_each_neuron(self.graph, self.region, bounds, dataclasses.replace(self.alpha, steps=20),
+                                   deadline)
 
     def bound_children(self, parents: _Domains) -> _Outcome:
         """Split every parent on its chosen neuron and bound the children (the intermediate bounds
@@ -336,7 +336,7 @@ class _Problem:
         if self.intermediate.steps:  # slopes shared per child, optimised through the later layers' bounds
             rows = self.rows.expand(2 * count, *self.rows.shape)
             bounds, _ = tighten_intermediate(self.graph, region, rows, bounds, self.intermediate, known=known,
-                                             skip_stable=True)
+                                             skip_stable=True, deadline=self.deadline)
         return {name: bounds[name] for name in self.relaxed}
 
     def _finish(self, bounds: dict[str, Interval], open_clauses: torch.Tensor, region: Region | None = None,
@@ -381,7 +381,7 @@ class _Problem:
                  if layer.rule.kinks == (0.0,)} if self.beta else None  # beta-CROWN's terms: splits at 0
         record: dict[str, torch.Tensor] = {}
         lower = optimize_folded(self.graph, folded_region, rows, folded_bounds, self.alpha, record, signs,
-                                stop_at=self.rhs[row])
+                                stop_at=self.rhs[row], deadline=self.deadline)
         return lower - self.rhs[row], record, folded_bounds
 
     def _branch_scores(self, bounds, folded_bounds, record, domain, live, count) -> torch.Tensor:
