@@ -18,7 +18,7 @@ from verikit.bounds import Interval
 from verikit.graph import Graph
 from verikit.hookspecs import hookimpl
 from verikit.methods.base import Method
-from verikit.propagate.patches import compute_bounds, patch_capable
+from verikit.propagate.patches import patch_bounds, patch_capable
 from verikit.region import Region
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -56,9 +56,9 @@ class CnnCert(Method):
         if options.dtype not in DTYPES:
             raise ValueError(f"cnn-cert: dtype {options.dtype!r} is not one of {', '.join(DTYPES)}")
         with torch.no_grad():
-            return compute_bounds(graph, region, coefficients, MODES[options.mode], DTYPES[options.dtype],
-                                  intermediate, intersect_ibp=options.intersect_ibp, batch_rows=options.batch_rows,
-                                  max_entries=options.max_entries, patch_limit=options.patch_limit)
+            return patch_bounds(graph, region, coefficients, MODES[options.mode], DTYPES[options.dtype],
+                                intermediate, intersect_ibp=options.intersect_ibp, batch_rows=options.batch_rows,
+                                max_entries=options.max_entries, patch_limit=options.patch_limit)
 
     @staticmethod
     def dense_nodes(graph: Graph) -> list[str]:

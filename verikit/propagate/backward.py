@@ -84,11 +84,7 @@ def compute_bounds(graph: Graph, region: Region, coefficients: torch.Tensor, mod
     every bound computed is written back into it; every computed one is intersected with its entry
     in `reference`, if any. `batch_rows` caps problems x rows per pass.
     """
-    device = region_device(region)
-    graph, region = graph.to(dtype, device), region.to(dtype, device)
-    coefficients = coefficients.to(dtype=dtype, device=device)
-    known = {name: Interval(b.lower.to(dtype=dtype, device=device), b.upper.to(dtype=dtype, device=device))
-             for name, b in (intermediate or {}).items()}
+    graph, region, coefficients, known = prepared(graph, region, coefficients, dtype, intermediate)
     relaxations: dict[str, Relaxation] = {}
     bounds = layer_bounds(graph, region, mode, known, intersect_ibp=intersect_ibp, batch_rows=batch_rows,
                           lower_slopes=lower_slopes, relaxations=relaxations, reference=reference)
@@ -103,29 +99,55 @@ def compute_bounds(graph: Graph, region: Region, coefficients: torch.Tensor, mod
     return result
 
 
+ValueBounder = Callable[[str, dict[str, Interval]], Interval]  # (value, bounds so far) -> its bounds
+
+
+def prepared(graph: Graph, region: Region, coefficients: torch.Tensor, dtype: torch.dtype,
+             intermediate: dict[str, Interval] | None) -> tuple[Graph, Region, torch.Tensor, dict[str, Interval]]:
+    """Graph, region, coefficients and given intermediate bounds in `dtype` on the region's device."""
+    device = region_device(region)
+    known = {name: Interval(b.lower.to(dtype=dtype, device=device), b.upper.to(dtype=dtype, device=device))
+             for name, b in (intermediate or {}).items()}
+    return (graph.to(dtype, device), region.to(dtype, device), coefficients.to(dtype=dtype, device=device),
+            known)
+
+
 def layer_bounds(graph: Graph, region: Region, mode: str, known: dict[str, Interval], *,
                  intersect_ibp: bool = True, batch_rows: int = 2048,
                  lower_slopes: dict[str, torch.Tensor] | None = None,
                  relaxations: dict[str, Relaxation] | None = None,
                  reference: dict[str, Interval] | None = None, skip_stable: bool = False) -> dict[str, Interval]:
-    """Bounds of every value feeding a nonlinear node, in topological order (and, with
-    `intersect_ibp`, the interval-propagation bound of every other value too).
+    """Bounds of every value feeding a nonlinear node by dense back-substitution (see bound_layers).
+    With `skip_stable`, only the neurons whose reference interval contains 0 in some problem are
+    re-bounded (a ReLU's relaxation is exact on the others); the rest keep the reference."""
+    def back_substituted(value: str, bounds: dict[str, Interval]) -> Interval:
+        kept = (reference or {}).get(value) if skip_stable else None
+        return _back_substituted(graph, region, value, bounds, mode, batch_rows, kept,
+                                 lower_slopes=lower_slopes, relaxations=relaxations)
+
+    return bound_layers(graph, region, known, back_substituted, intersect_ibp=intersect_ibp, reference=reference)
+
+
+def bound_layers(graph: Graph, region: Region, known: dict[str, Interval], back_substituted: ValueBounder, *,
+                 intersect_ibp: bool = True, reference: dict[str, Interval] | None = None,
+                 bounds: dict[str, Interval] | None = None) -> dict[str, Interval]:
+    """The one layer-by-layer loop of both back-substitution engines (dense here, patches in
+    patches.py): bounds of every value feeding a nonlinear node, in topological order, by
+    `back_substituted` (and, with `intersect_ibp`, the interval-propagation bound of every other value).
 
     Entries of `known` are used as given; every other bound is intersected with its entry in
-    `reference`, if any (e.g. a branch-and-bound domain's parent bounds and split constraints). With
-    `skip_stable`, only the neurons whose reference interval contains 0 in some problem are re-bounded
-    (a ReLU's relaxation is exact on the others); the rest keep the reference."""
+    `reference`, if any (e.g. a branch-and-bound domain's parent bounds and split constraints). The
+    result is written into `bounds` when given (an engine that reads it while bounding)."""
     needed = set(values_to_relax(graph))
-    bounds = {graph.input_name: input_interval(graph, region)}
+    bounds = {} if bounds is None else bounds
+    bounds[graph.input_name] = input_interval(graph, region)
     for node in graph.nodes:
         if node.output in known:
             bounds[node.output] = known[node.output]
         elif node.output in needed and exact_by_intervals(graph, region, node, bounds):
             bounds[node.output] = interval_image(node, bounds)
         elif node.output in needed and node.linear:
-            kept = (reference or {}).get(node.output) if skip_stable else None
-            bound = _back_substituted(graph, region, node.output, bounds, mode, batch_rows, kept,
-                                      lower_slopes=lower_slopes, relaxations=relaxations)
+            bound = back_substituted(node.output, bounds)
             bounds[node.output] = bound.intersect(interval_image(node, bounds)) if intersect_ibp else bound
         elif node.output in needed or intersect_ibp:
             # an activation's output takes the image of its input interval (CNN-Cert 1.8); with

@@ -14,7 +14,7 @@ and at the input the region is concretized over each window (dual norm: entries 
 Layer rules push patches through `rule.backward_patches(patches, relaxation)` (None when they cannot);
 the generic elementwise rule is here. Everything else (Flatten, Gemm, ...) gets dense coefficients:
 `backward_upper` walks the graph like the dense engine and switches to dense where it must, and
-`layer_bounds` / `compute_bounds` run it layer by layer exactly as the dense engine does.
+`patch_bounds` runs it layer by layer in the dense engine's own loop (backward.bound_layers).
 """
 from __future__ import annotations
 
@@ -28,8 +28,8 @@ from verikit import deadline
 from verikit.bounds import Interval, LinearBound, Relaxation
 from verikit.graph import Graph, Node
 from verikit.layers.base import RELAXATION_MODES, ElementwiseRule
-from verikit.propagate.backward import (input_interval, interval_image, interval_of_rows, node_relaxation,
-                                       region_device, upstream_in_reverse, values_to_relax)
+from verikit.propagate.backward import (bound_layers, interval_of_rows, node_relaxation, prepared,
+                                       upstream_in_reverse, values_to_relax)
 from verikit.region import Box, LpBall, Region, dual_norm
 
 WINDOW = (-3, -2, -1)  # the channel and window dims of Patches.values
@@ -289,24 +289,7 @@ def bound_rows(walk: Walk, target: str, coefficients: torch.Tensor, sides: str =
     return Interval(torch.cat(lowers, 1), torch.cat(uppers, 1))
 
 
-def layer_bounds(walk: Walk, known: dict[str, Interval], intersect_ibp: bool = False) -> dict[str, Interval]:
-    """Fill walk.bounds with the bounds of every value feeding a nonlinear node, in topological order,
-    as verikit.propagate.backward.layer_bounds does (and IBP bounds of the rest with `intersect_ibp`)."""
-    graph, bounds = walk.graph, walk.bounds
-    needed = set(values_to_relax(graph))
-    bounds[graph.input_name] = input_interval(graph, walk.region)
-    for node in graph.nodes:
-        if node.output in known:
-            bounds[node.output] = known[node.output]
-        elif node.output in needed and node.linear:
-            bound = bound_value(walk, node.output)
-            bounds[node.output] = bound.intersect(interval_image(node, bounds)) if intersect_ibp else bound
-        elif node.output in needed or intersect_ibp:
-            bounds[node.output] = interval_image(node, bounds)
-    return bounds
-
-
-def compute_bounds(graph: Graph, region: Region, coefficients: torch.Tensor, mode: str,
+def patch_bounds(graph: Graph, region: Region, coefficients: torch.Tensor, mode: str,
                    dtype: torch.dtype = torch.float32, intermediate: dict[str, Interval] | None = None, *,
                    intersect_ibp: bool = False, batch_rows: int = 2048, max_entries: int = 2 ** 24,
                    patch_limit: float = 1.0, sides: str = "both") -> Interval:
@@ -314,13 +297,10 @@ def compute_bounds(graph: Graph, region: Region, coefficients: torch.Tensor, mod
     the graph allows; same contract as verikit.propagate.backward.compute_bounds."""
     if mode not in RELAXATION_MODES:
         raise ValueError(f"unknown relaxation mode {mode!r}: use one of {', '.join(RELAXATION_MODES)}")
-    device = region_device(region)
-    graph, region = graph.to(dtype, device), region.to(dtype, device)
-    coefficients = coefficients.to(dtype=dtype, device=device)
-    known = {name: Interval(b.lower.to(dtype=dtype, device=device), b.upper.to(dtype=dtype, device=device))
-             for name, b in (intermediate or {}).items()}
+    graph, region, coefficients, known = prepared(graph, region, coefficients, dtype, intermediate)
     walk = Walk(graph, region, mode, {}, {}, batch_rows, max_entries, patch_limit)
-    bounds = layer_bounds(walk, known, intersect_ibp)
+    bounds = bound_layers(graph, region, known, lambda value, _: bound_value(walk, value),
+                          intersect_ibp=intersect_ibp, bounds=walk.bounds)
     if intermediate is not None:
         intermediate.update({name: bounds[name] for name in values_to_relax(graph) if name in bounds})
     rows = coefficients.reshape(coefficients.shape[0], coefficients.shape[1], *graph.output_shape)
