@@ -71,6 +71,8 @@ def test_records_have_the_documented_columns(bounds_run):
     assert first["verikit_version"] and first["machine"] and first["seconds"] > 0 and first["peak_rss_mib"] > 0
     assert "ibp" in json.loads(first["options"])
     assert "bounds" in (out / "summary.md").read_text()
+    # files are named relative to the set's folder, so records read the same on another machine
+    assert {(r.model, r.spec) for r in outcome.records} == {("net.onnx", f"prop_{k}.vnnlib") for k in range(3)}
 
 
 def test_alpha_crown_bounds_are_at_least_crowns(bounds_run):
@@ -111,6 +113,7 @@ def test_crown_certifies_a_larger_radius_than_fast_lin(experiment, tmp_path):
     radii = defaultdict(list)
     for record in outcome.records:
         assert record.mode == "radius" and not record.error
+        assert record.model in ("net1.onnx", "net2.onnx") and record.spec.startswith("x.npy#")
         radii[record.method].append(record.certified)
     assert len(radii["crown"]) == 2 * 3 * 2  # models x inputs x norms
     assert np.mean(radii["crown"]) >= np.mean(radii["fast-lin"])

@@ -35,7 +35,7 @@ def read_experiment(path: str | Path, methods: list[MethodChoice] | None, settin
     path = Path(path)
     document = _load(path)
     error = _error_for(path)
-    settings = _settings(document, settings, mode_given, error)
+    settings = dataclasses.replace(_settings(document, settings, mode_given, error), root=str(path.parent.resolve()))
     if methods is None:
         if not isinstance(document.get("methods"), list) or not document["methods"]:
             raise error("methods", "no methods", "list them (methods: [ibp, crown]) or give --methods")

@@ -32,8 +32,8 @@ class Clock:
 def measure(task: Task) -> list[Record]:
     """The records of one task (one per spec row in bounds mode); a bad input gives one record whose
     `error` says why, so the rest of the comparison goes on."""
-    record = Record(task.mode, task.model, task.spec, task.norm, task.eps, task.method.label, label=task.label,
-                    options=task.method.options_json(), **environment())
+    record = Record(task.mode, task.recorded_model, task.recorded_spec, task.norm, task.eps, task.method.label,
+                    label=task.label, options=task.method.options_json(), **environment())
     clock = Clock()
     try:
         graph = _model(task.model)

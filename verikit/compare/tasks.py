@@ -2,6 +2,8 @@
 files, or a YAML experiment) times the methods, for one mode."""
 from __future__ import annotations
 
+import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,7 +17,8 @@ SPEC_SUFFIXES = (".vnnlib", ".vnnlib.gz")
 @dataclass(frozen=True)
 class Settings:
     """What applies to every measurement: the mode, the norms (radius around a spec's centre), the
-    verdicts' time limit, the radius search's steps and attack, and a domain to clip balls to."""
+    verdicts' time limit, the radius search's steps and attack, a domain to clip balls to, and the set's
+    folder (records name the files under it relative to it, so they read the same on another machine)."""
 
     mode: str = "bounds"
     norms: tuple[str, ...] = ("inf",)
@@ -23,6 +26,7 @@ class Settings:
     steps: int = 15
     attack: bool = True
     domain: tuple[float, float] | None = None
+    root: str = ""
 
 
 @dataclass(frozen=True)
@@ -42,16 +46,36 @@ class Task:
     timeout: float = 60.0
 
     def key(self) -> tuple:
-        return measurement_key(self.mode, self.model, self.spec, self.norm, self.eps, self.method.label)
+        return measurement_key(self.mode, self.recorded_model, self.recorded_spec, self.norm, self.eps,
+                               self.method.label)
+
+    @property
+    def recorded_model(self) -> str:
+        """The model as records name it: relative to the set's folder where it lies under it."""
+        return relative_to_root(self.model, self.settings.root)
+
+    @property
+    def recorded_spec(self) -> str:
+        """The spec file (or `inputs.npy#index`) as records name it."""
+        file, marker, index = self.spec.partition("#")
+        return relative_to_root(file, self.settings.root) + marker + index
 
     @property
     def input_file(self) -> str:
         return self.spec.rsplit("#", 1)[0]
 
 
+def relative_to_root(path: str, root: str) -> str:
+    """`path` relative to `root` where it lies under it (else as given); `/` separated."""
+    if root and Path(path).resolve().is_relative_to(Path(root).resolve()):
+        return Path(os.path.relpath(Path(path).resolve(), Path(root).resolve())).as_posix()
+    return path
+
+
 def read_set(path: str | Path, methods: list[MethodChoice], settings: Settings) -> list[Task]:
     """Every measurement of the set at `path` for the methods, in order (model, spec, norm, method)."""
     path = Path(path)
+    settings = dataclasses.replace(settings, root=str((path if path.is_dir() else path.parent).resolve()))
     if path.is_dir():
         pairs = [(model, spec, settings.timeout) for model, spec in pair_folder(path)]
     elif path.suffix.lower() == ".csv":
