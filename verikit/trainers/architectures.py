@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from verikit.errors import VerikitError
+from verikit.trainers.align.network import ntk_conv
 
 Builder = Callable[[tuple[int, ...], int], list[nn.Module]]
 
@@ -86,17 +87,24 @@ def mnist_resnet(shape: tuple[int, ...], classes: int) -> list[nn.Module]:
 
 
 ARCHITECTURES: dict[str, Builder] = {"mlp": mlp, "mnist-small": mnist_small, "mnist-medium": mnist_medium,
-                                     "cnn-4layer-5-3": cnn_4layer_5_3, "mnist-resnet": mnist_resnet}
+                                     "cnn-4layer-5-3": cnn_4layer_5_3, "mnist-resnet": mnist_resnet,
+                                     "ntk-conv": ntk_conv}
 
 
 def build(name: str, shape: tuple[int, ...], classes: int, seed: int = 0) -> nn.Sequential:
-    """The architecture `name` for inputs `shape` (C, H, W), initialised from `seed`."""
+    """The architecture `name` (options after a colon: ntk-conv:width=128) for inputs `shape` (C, H, W),
+    initialised from `seed`."""
+    name, _, given = name.partition(":")
+    settings = dict(item.partition("=")[::2] for item in given.split(",") if item)
     if name not in ARCHITECTURES:
         raise VerikitError(f"no architecture named {name!r}", place="--arch",
                            fix=f"choose one of: {', '.join(ARCHITECTURES)}")
     torch.manual_seed(seed)
     try:
-        model = nn.Sequential(*ARCHITECTURES[name](tuple(shape), classes))
+        model = nn.Sequential(*ARCHITECTURES[name](tuple(shape), classes, **settings))
+    except TypeError as error:
+        raise VerikitError(f"architecture {name!r} does not take the options {', '.join(settings)}", place="--arch",
+                           fix="only ntk-conv takes one: ntk-conv:width=128") from error
     except RuntimeError as error:
         raise VerikitError(f"architecture {name!r} does not fit inputs of shape {tuple(shape)} ({error})",
                            place="--arch", fix="choose a smaller architecture or larger inputs (size=16)") from error
