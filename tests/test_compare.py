@@ -159,3 +159,21 @@ def test_missing_matplotlib_names_the_extra(spec_folder, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(VerikitError, match=r"verikit\[plots\]"):
         compare(spec_folder, tmp_path / "out", parse_methods("ibp"), Settings(mode="bounds"))
+
+
+def test_a_model_entry_may_bring_its_own_inputs(tmp_path):
+    """Models of two input sizes in one experiment: each is measured on its own inputs only."""
+    mlp(tmp_path / "net4.onnx", widths=(8,), inputs=4, outputs=3, seed=1)
+    mlp(tmp_path / "net5.onnx", widths=(8,), inputs=5, outputs=3, seed=2)
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "x4.npy", rng.uniform(-1, 1, (2, 4)).astype(np.float32))
+    np.save(tmp_path / "x5.npy", rng.uniform(-1, 1, (1, 5)).astype(np.float32))
+    (tmp_path / "run.yaml").write_text("mode: bounds\nmodels: [net4.onnx, {file: net5.onnx, inputs: [x5.npy]}]\n"
+                                       "inputs: [x4.npy]\nepsilons: [0.05]\nmethods: [ibp]\n")
+    outcome = compare(tmp_path / "run.yaml", tmp_path / "out", mode_given=False, plots=False)
+    assert not any(record.error for record in outcome.records)
+    assert {(r.model, r.spec) for r in outcome.records} == {
+        ("net4.onnx", "x4.npy#0"), ("net4.onnx", "x4.npy#1"), ("net5.onnx", "x5.npy#0")}
+    (tmp_path / "bad.yaml").write_text("mode: bounds\nmodels: [net4.onnx]\nepsilons: [0.05]\nmethods: [ibp]\n")
+    with pytest.raises(VerikitError, match="no inputs for net4.onnx"):
+        compare(tmp_path / "bad.yaml", tmp_path / "out2", mode_given=False, plots=False)

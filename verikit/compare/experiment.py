@@ -1,7 +1,8 @@
 """YAML experiments: models x inputs x norms x epsilons x methods, inputs from .npy files.
 
     mode: radius                 # bounds | radius | verdicts (--mode overrides)
-    models: [a.onnx, b.onnx]     # paths relative to this file
+    models: [a.onnx, b.onnx]     # paths relative to this file; {file: c.onnx, inputs: [...]} gives a
+                                 # model its own inputs (e.g. another input size) instead of the list below
     inputs:                      # an .npy holds one input, or a stack along its first axis
       - x.npy
       - {file: more.npy, labels: [3, 1]}   # labels: given, else the model's prediction
@@ -40,14 +41,15 @@ def read_experiment(path: str | Path, methods: list[MethodChoice] | None, settin
         if not isinstance(document.get("methods"), list) or not document["methods"]:
             raise error("methods", "no methods", "list them (methods: [ibp, crown]) or give --methods")
         methods = [method_from_yaml(m, f"{path}: methods") for m in document["methods"]]
-    models = [str(_file(path, m, "models", error)) for m in _list(document, "models", error)]
-    inputs = [_inputs(path, item, error) for item in _list(document, "inputs", error)]
+    shared = [_inputs(path, item, error) for item in _list(document, "inputs", error)] \
+        if "inputs" in document else None
+    models = [_model(path, entry, shared, error) for entry in _list(document, "models", error)]
     norms = [str(n) for n in document.get("norms", ["inf"])]
     if any(n not in NORMS for n in norms):
         raise error("norms", f"unknown norm in {norms}", "use inf, 2 or 1")
     epsilons = [None] if settings.mode == "radius" else [_epsilon(e, error) for e in _list(document, "epsilons", error)]
     tasks = []
-    for model in models:
+    for model, inputs in models:
         for file, labels, count in inputs:
             for index in range(count):
                 label = labels[index] if labels is not None else None
@@ -113,6 +115,19 @@ def _file(path: Path, name, key: str, error) -> Path:
     if not file.is_file():
         raise error(key, f"{name} not found", f"give paths relative to {path.parent}")
     return file
+
+
+def _model(path: Path, entry, shared: list | None, error) -> tuple[str, list]:
+    """(model file, its inputs) of one entry of `models`: a path, or {file, inputs}."""
+    own = None
+    if isinstance(entry, dict):
+        own = [_inputs(path, item, error) for item in _list(entry, "inputs", error)] if "inputs" in entry else None
+        entry = entry.get("file")
+    model = _file(path, entry, "models", error)
+    if own is None and shared is None:
+        raise error("inputs", f"no inputs for {model.name}",
+                    "give inputs: [x.npy] at the top, or in the model's entry {file: m.onnx, inputs: [x.npy]}")
+    return str(model), own if own is not None else shared
 
 
 def _epsilon(value, error) -> float:
