@@ -177,3 +177,27 @@ def test_a_model_entry_may_bring_its_own_inputs(tmp_path):
     (tmp_path / "bad.yaml").write_text("mode: bounds\nmodels: [net4.onnx]\nepsilons: [0.05]\nmethods: [ibp]\n")
     with pytest.raises(VerikitError, match="no inputs for net4.onnx"):
         compare(tmp_path / "bad.yaml", tmp_path / "out2", mode_given=False, plots=False)
+
+
+def test_verdicts_run_a_method_with_its_options(spec_folder, tmp_path, monkeypatch):
+    import verikit.api as api
+
+    seen, original = [], api.verify
+    monkeypatch.setattr(api, "verify",
+                        lambda *args, **kw: (seen.append(kw["method_options"]), original(*args, **kw))[1])
+    outcome = compare(spec_folder, tmp_path / "v", parse_methods("alpha-crown:steps=3"),
+                      Settings(mode="verdicts", timeout=20), plots=False)
+    assert len(outcome.records) == 3 and all(r.verdict in ("sat", "unsat") for r in outcome.records)
+    assert len(seen) == 3 and all(chosen["alpha-crown"].steps == 3 for chosen in seen)
+    assert json.loads(outcome.records[0].options)["alpha-crown"]["steps"] == 3
+    with pytest.raises(VerikitError, match="options belong to one method"):
+        compare(spec_folder, tmp_path / "w", parse_methods("ibp+crown:dtype=float64"), Settings(mode="verdicts"))
+
+
+def test_verify_checks_the_type_of_method_options(spec_folder):
+    import verikit
+
+    graph = verikit.load_model(spec_folder / "net.onnx")
+    prop = verikit.load_spec(spec_folder / "prop_0.vnnlib", graph)
+    with pytest.raises(VerikitError, match="is a dict; alpha-crown takes AlphaCrownOptions"):
+        verikit.verify(graph, prop, timeout=5, method_options={"alpha-crown": {"steps": 3}})

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from verikit.bounds import Interval
+from verikit.errors import VerikitError
 from verikit.graph import Graph
 from verikit.methods.base import Verdict
 from verikit.plugins import get_method
@@ -92,14 +94,20 @@ def certified_radius(model: Graph, x0: torch.Tensor, label: int, target: int | N
 
 def verify(model: Graph, spec: Property, timeout: float = 60.0, methods: tuple[str, ...] | None = None,
            attack: str | None = "pgd", complete: str | None = "bab", device: str = "cpu",
-           workers: int = 1, seed: int = 0) -> Verdict:
+           workers: int = 1, seed: int = 0, method_options: dict[str, Any] | None = None) -> Verdict:
     """Decide the spec: `sat` (with a counterexample confirmed by onnxruntime), `unsat`, or
     `unknown`/`timeout`; `device="cuda"` computes the bounds on a GPU; `workers` processes share the
     complete method's work (bab: pieces of the property). They are started with "spawn", which
-    re-imports a calling script: call from under `if __name__ == "__main__":`. Every method name is
-    checked in its role, and the timeout is checked, before any work starts."""
+    re-imports a calling script: call from under `if __name__ == "__main__":`. `method_options` maps a
+    method's name to its options object (e.g. {"alpha-crown": AlphaCrownOptions(steps=50)}). Every
+    method name is checked in its role, and the timeout is checked, before any work starts."""
     check_timeout(timeout, "timeout")
     check_verify_methods(methods, attack, complete, options=("methods", "attack", "complete"))
+    for name, chosen in (method_options or {}).items():
+        expected = get_method(name).Options
+        if not isinstance(chosen, expected):
+            raise VerikitError(f"method_options[{name!r}] is a {type(chosen).__name__}; {name} takes "
+                               f"{expected.__name__}", place="method_options", fix=f"pass {expected.__name__}(...)")
     options = VerifyOptions(timeout=timeout, methods=methods, attack=attack, complete=complete, device=device,
-                            workers=workers, seed=seed)
+                            workers=workers, seed=seed, method_options=dict(method_options or {}))
     return _verify(model, spec, options)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -36,7 +36,8 @@ class VerifyOptions:
     device: where the bound methods (and the complete method, where it can) compute ("cuda");
     workers: processes the complete method may use (bab: pieces of the property); seed: of the
     attacks' starts and of torch's generator during the call (the same seed, the same search, up to
-    where the deadline cuts it)."""
+    where the deadline cuts it); method_options: an options object by method name, for the methods
+    that should not run with their defaults."""
 
     timeout: float = 60.0
     methods: tuple[str, ...] | None = None
@@ -46,6 +47,7 @@ class VerifyOptions:
     device: str = "cpu"
     workers: int = 1
     seed: int = 0
+    method_options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -125,7 +127,8 @@ class _Schedule:
         if options.attack:
             self.say(f"attack ({options.attack})")
             quick = self.start + max(1.0, FIRST_ATTACK_SHARE * options.timeout)
-            verdict = _attack(self.graph, self.prop, options.attack, min(self.deadline, quick), seed=options.seed)
+            verdict = _attack(self.graph, self.prop, options.attack, min(self.deadline, quick), seed=options.seed,
+                              options=options.method_options.get(options.attack))
             if verdict is not None:
                 return verdict
         open_regions = [_Open(i, list(range(len(spec.clauses)))) for i, spec in enumerate(self.prop.regions)]
@@ -140,7 +143,8 @@ class _Schedule:
             started = time.monotonic()
             share = BOUND_SHARE if self.complete is not None else 1.0
             method_deadline = min(self.deadline, started + share * self.left())
-            outcome = _refute(self.graph, self.prop, method, open_regions, options.device, method_deadline)
+            outcome = _refute(self.graph, self.prop, method, open_regions, options.device, method_deadline,
+                              options.method_options.get(method.name))
             if method.name in CHEAP_BOUNDS:
                 self.cheap_seconds += time.monotonic() - started
             if isinstance(outcome, Verdict):
@@ -162,7 +166,8 @@ class _Schedule:
         self.say(f"attack ({self.options.attack}, more restarts)")
         strong_deadline = time.monotonic() + STRONG_ATTACK_SHARE * self.left()
         return _attack(self.graph, _restrict(self.prop, open_regions), self.options.attack, strong_deadline,
-                       strong=True, seed=self.options.seed + 1)
+                       strong=True, seed=self.options.seed + 1,
+                       options=self.options.method_options.get(self.options.attack))
 
     def _complete_phase(self, open_regions: list[_Open]) -> Verdict:
         options, complete = self.options, self.complete
@@ -170,7 +175,7 @@ class _Schedule:
             self.say(f"complete ({complete}, first slice)")
             first_deadline = time.monotonic() + FIRST_SLICE_SHARE * (self.deadline - self.start)
             verdict = _complete(self.graph, self.prop, open_regions, complete, min(first_deadline, self.deadline),
-                                options.device)
+                                options.device, 1, options.method_options.get(complete))
             if verdict.status in ("sat", "unsat") or self.left() <= 0:
                 return verdict
         verdict = self._strong_attack(open_regions) if not self.strong_done else None
@@ -179,18 +184,18 @@ class _Schedule:
         if complete is not None and self.left() > 0:
             self.say(f"complete ({complete})")
             return _complete(self.graph, self.prop, open_regions, complete, self.deadline, options.device,
-                             options.workers)
+                             options.workers, options.method_options.get(complete))
         status = "timeout" if self.left() <= 0 else "unknown"
         return Verdict(status, detail=f"{sum(len(o.clauses) for o in open_regions)} clause(s) not refuted")
 
 
 def _complete(graph: Graph, prop: Property, open_regions: list[_Open], name: str, deadline: float,
-              device: str = "cpu", workers: int = 1) -> Verdict:
+              device: str = "cpu", workers: int = 1, options=None) -> Verdict:
     """The complete method on the clauses still open; its `sat` stands only once confirmed. (The
     first slice of input splitting runs with one process: starting workers costs seconds.)"""
     method = get_method(name)
-    verdict = method.decide(graph, _restrict(prop, open_regions), method.default_options(), deadline, device=device,
-                            workers=workers)
+    verdict = method.decide(graph, _restrict(prop, open_regions), options or method.default_options(), deadline,
+                            device=device, workers=workers)
     if verdict.status == "sat":
         verdict = confirm(graph, prop, verdict.counterexample, name) or Verdict("unknown", method=name)
     return verdict
@@ -202,23 +207,23 @@ def _stamp(verdict: Verdict, start: float) -> Verdict:
 
 
 def _attack(graph: Graph, prop: Property, name: str, deadline: float, strong: bool = False,
-            seed: int = 0) -> Verdict | None:
+            seed: int = 0, options=None) -> Verdict | None:
     """Run the attack method; `strong`: a second round with the method's escalated options (pgd: many
     more restarts, which rare counterexamples need; it sizes its batch of starts to the net's measured
     cost: up to 4096 on ACAS Xu, a few hundred on a conv net)."""
     method = get_method(name)
-    options = method.default_options()
+    options = options or method.default_options()
     found = method.attack(graph, prop, method.escalated(options) if strong else options, deadline, seed=seed)
     return confirm(graph, prop, found, name) if found is not None else None
 
 
 def _refute(graph: Graph, prop: Property, method, open_regions: list[_Open], device: str = "cpu",
-            deadline: float | None = None) -> list[_Open] | Verdict:
+            deadline: float | None = None, options=None) -> list[_Open] | Verdict:
     """Bound each open region's clause rows with `method` (computing on `device`, which the bound
     methods follow from the region, and stopping iterative work at `deadline`); keep the clauses no row
     refutes. A clause whose every row's upper bound is at
     most 0 holds at every point of the region: its centre is confirmed and returned as `sat`."""
-    options = method.default_options()
+    options = options or method.default_options()
     still_open = []
     for item in open_regions:
         spec = prop.regions[item.region_index]

@@ -113,7 +113,9 @@ def _verdicts(graph, task: Task, clock: Clock) -> list[dict]:
             document["domain"] = dict(zip(("lower", "upper"), task.settings.domain))
         prop = parse_yaml_spec(json.dumps(document), task.spec, graph.input_size, graph.output_size)
     with clock:
-        verdict = verify(graph, prop, timeout=task.timeout, methods=task.method.chain, complete="bab")
+        chosen = {task.method.name: task.method.options_object()} if task.method.options else None
+        verdict = verify(graph, prop, timeout=task.timeout, methods=task.method.chain, complete="bab",
+                         method_options=chosen)
     return [{"label": label, "verdict": verdict.status, "decided_by": verdict.method}]
 
 

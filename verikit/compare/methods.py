@@ -96,7 +96,7 @@ def check_methods(choices: list[MethodChoice], mode: str) -> None:
         if len(choice.chain) > 1 and mode != "verdicts":
             raise VerikitError(f"the chain {choice.label} only makes sense for verdicts", place="methods",
                                fix="give single methods in bounds and radius mode")
-        if choice.options and mode == "verdicts":
-            raise VerikitError(f"{choice.label}: verify runs each method with its default options",
-                               place="methods", fix="drop the options in verdicts mode")
+        if choice.options and len(choice.chain) > 1:
+            raise VerikitError(f"{choice.label}: options belong to one method, not a chain", place="methods",
+                               fix="give the options to a single method (verify runs a chain's with defaults)")
         choice.options_object()
