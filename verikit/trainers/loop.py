@@ -31,9 +31,7 @@ def run_training(trainer: Trainer, model: nn.Module, data: Dataset, options: Tra
     total = options.epochs * steps_per_epoch
     _check_warmup(trainer, options, total)
     state: dict = {}
-    first = 0
-    if options.resume and options.checkpoint and Path(options.checkpoint).exists():
-        first = load_checkpoint(options.checkpoint, model, optimizer, generator, state)
+    first = resume_point(options.checkpoint, options.resume, model, optimizer, generator, state)
     progress.start(options.epochs, steps_per_epoch, first)
     for epoch in range(first, options.epochs):
         started = time.perf_counter()
@@ -100,6 +98,14 @@ def save_checkpoint(path: str, epochs_done: int, model: nn.Module, optimizer: to
     temporary = f"{path}.tmp"
     torch.save(record, temporary)
     os.replace(temporary, path)
+
+
+def resume_point(checkpoint: str | None, resume: bool, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 generator: torch.Generator, state: dict) -> int:
+    """The epochs already done: restored from `checkpoint` when resuming and it exists, else 0."""
+    if resume and checkpoint and Path(checkpoint).exists():
+        return load_checkpoint(checkpoint, model, optimizer, generator, state)
+    return 0
 
 
 def load_checkpoint(path: str, model: nn.Module, optimizer: torch.optim.Optimizer,

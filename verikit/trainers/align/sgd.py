@@ -5,14 +5,13 @@ code: the shuffled remainder waits for a later epoch), a checkpoint after every 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Callable, Protocol
 
 import torch
 from torch import nn
 
 from verikit.trainers.base import Progress
-from verikit.trainers.loop import load_checkpoint, save_checkpoint
+from verikit.trainers.loop import resume_point, save_checkpoint
 
 Updates = list[torch.Tensor | None]
 Step = Callable[[torch.Tensor], tuple[Updates, dict[str, float]]]
@@ -39,9 +38,7 @@ def run_sgd(model: nn.Module, step: Step, count: int, options: SGDOptions, progr
     generator = torch.Generator().manual_seed(options.seed)
     batch = min(options.batch_size, count)
     per_epoch = count // batch
-    first = 0
-    if options.resume and options.checkpoint and Path(options.checkpoint).exists():
-        first = load_checkpoint(options.checkpoint, model, optimizer, generator, state)
+    first = resume_point(options.checkpoint, options.resume, model, optimizer, generator, state)
     progress.start(options.epochs, per_epoch, first)
     for epoch in range(first, options.epochs):
         started = time.perf_counter()
