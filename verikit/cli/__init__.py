@@ -14,6 +14,7 @@ import click
 from verikit.cli.bound_commands import bound, radius
 from verikit.cli.common import install_sigterm_handler
 from verikit.cli.compare_command import compare
+from verikit.cli.explain_command import explain
 from verikit.cli.plugins_command import plugins
 from verikit.cli.run_command import run
 from verikit.cli.train_command import train
@@ -36,6 +37,7 @@ def main(threads: int) -> None:
       verikit plugins
       verikit compare specs/ --methods ibp,crown,alpha-crown --out cmp
       verikit train singleprop --data digits --eps 0.1 --out sp.onnx
+      verikit explain gap.onnx --input x.npy --method cam --out maps
 
     \b
     Exit codes: 0 done, 1 internal error, 2 bad input, 3 run: a contradiction,
@@ -52,7 +54,7 @@ def main(threads: int) -> None:
     context.call_on_close(gc.enable)
 
 
-for command in (verify, bound, run, radius, plugins, train, compare):
+for command in (verify, bound, run, radius, plugins, train, compare, explain):
     main.add_command(command)
 
 __all__ = ["main"]

@@ -86,9 +86,16 @@ def mnist_resnet(shape: tuple[int, ...], classes: int) -> list[nn.Module]:
     return _with_head(shape, convs, (100,), classes)
 
 
+def small_gap(shape: tuple[int, ...], classes: int) -> list[nn.Module]:
+    """Int / Int2's "Small" (seed-papers.md 5.3): 16@4/2, 32@4/2 (ReLU), 100@7/1 SAME with no activation,
+    global average pooling, a bias-free linear head (so each logit is the spatial mean of its CAM)."""
+    return _convs(shape[0], ((16, 4, 2, 1), (32, 4, 2, 1))) + [
+        nn.Conv2d(32, 100, 7, 1, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(100, classes, bias=False)]
+
+
 ARCHITECTURES: dict[str, Builder] = {"mlp": mlp, "mnist-small": mnist_small, "mnist-medium": mnist_medium,
                                      "cnn-4layer-5-3": cnn_4layer_5_3, "mnist-resnet": mnist_resnet,
-                                     "ntk-conv": ntk_conv}
+                                     "small-gap": small_gap, "ntk-conv": ntk_conv}
 
 
 def build(name: str, shape: tuple[int, ...], classes: int, seed: int = 0) -> nn.Sequential:

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from verikit.hookspecs import hookimpl
+from verikit.trainers.ascent import sign_ascent
 from verikit.trainers.base import Step, TrainOptions, Trainer, clean_loss, mixed_loss
 from verikit.trainers.engine import crown_ibp_margin, ibp_margin, input_box, live_graph, margin_rows
 
@@ -37,15 +38,8 @@ class PGDOptions(TrainOptions):
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, options: PGDOptions,
         domain: tuple[float, float]) -> torch.Tensor:
     """The L-inf PGD point maximising the cross-entropy within eps of x and inside the domain."""
-    lower, upper = (x - eps).clamp(min=domain[0]), (x + eps).clamp(max=domain[1])
-    point = x.clone()
-    if options.random_start:
-        point = lower + (upper - lower) * torch.rand_like(x)
-    for _ in range(options.steps):
-        point.requires_grad_(True)
-        gradient, = torch.autograd.grad(F.cross_entropy(model(point), y), point)
-        point = torch.minimum(torch.maximum(point.detach() + options.step_size * gradient.sign(), lower), upper)
-    return point.detach()
+    return sign_ascent(lambda point: F.cross_entropy(model(point), y), x, eps, options.steps, options.step_size,
+                       domain, options.random_start)
 
 
 class PGDAT(Trainer):

@@ -63,7 +63,8 @@ def build_options(options_class: type, values: dict[str, Any], source: str = "co
                            fix=f"use only: {known}")
     chosen = {k: _convert(v, fields[k], k, source) for k, v in values.items() if k in fields}
     timing = {k: _convert(v, schedule_fields[k], k, source) for k, v in values.items() if k in schedule_fields}
-    options = options_class(**chosen, schedule=Schedule(**timing))
+    default = options_class().schedule  # a trainer's own schedule, where its Options define one
+    options = options_class(**chosen, schedule=dataclasses.replace(default, **timing))
     check_ranges(options, source)
     return options
 
