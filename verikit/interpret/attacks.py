@@ -1,9 +1,8 @@
-"""Attacks for training and evaluating interpretation-aware defences (seed-papers.md 5.3-5.4): sign-gradient
-ascent of any objective in the clipped L-inf box, PGD on the label (the paper's evaluation: no random
-start), and the top-k CAM attack that pushes down the true-class CAM at its clean top-k positions.
+"""Attacks for evaluating interpretation-aware defences (seed-papers.md 5.3-5.4): PGD on the label (the
+paper's evaluation: no random start) and the top-k CAM attack that pushes down the true-class CAM at its
+clean top-k positions, both by verikit.trainers.ascent's sign-gradient ascent.
 """
 from __future__ import annotations
-
 
 import torch
 from torch import nn
