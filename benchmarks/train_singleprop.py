@@ -5,7 +5,7 @@ points at eps, on the exported ONNX file.
 
     python benchmarks/train_singleprop.py --data digits --epochs 200 --eps 0.05
     python benchmarks/train_singleprop.py --data mnist5k --epochs 80 --eps 0.1 --trainers standard,singleprop
-    python benchmarks/train_singleprop.py --epochs 2 --trainers standard,pgd-at     # pgd-at's cost only
+    python benchmarks/train_singleprop.py --epochs 3 --full-eps --verify-sample 0   # each loss's cost at full eps
 
 One untimed epoch of standard training comes first, so no trainer pays torch's warm-up. `--plot F.png`
 draws certified accuracy per trainer beside the cost ratio.
@@ -71,7 +71,8 @@ def verify_sample(model, data: Dataset, eps: float, count: int, timeout: float) 
 def measure(name: str, data: Dataset, arguments) -> Row:
     """Train one trainer, time it, and certify the result."""
     started = time.perf_counter()
-    model = verikit.train(name, data, arguments.arch, epochs=arguments.epochs, eps=arguments.eps, seed=0)
+    schedule = {"warmup": 0.0, "ramp_end": 0.0} if arguments.full_eps else {}
+    model = verikit.train(name, data, arguments.arch, epochs=arguments.epochs, eps=arguments.eps, seed=0, **schedule)
     row = Row(name, (time.perf_counter() - started) / arguments.epochs,
               float((model(data.x_test).argmax(1) == data.y_test).float().mean()))
     with torch.no_grad():
@@ -87,7 +88,8 @@ def measure(name: str, data: Dataset, arguments) -> Row:
 def table(rows: list[Row]) -> str:
     """The markdown table, cost as a ratio to the first trainer's (standard's) seconds per epoch."""
     keys = list(rows[0].certified)
-    lines = [f"| trainer | s/epoch | x {rows[0].trainer} | clean % | " + " | ".join(keys) + " | verify unsat / sat / n |",
+    lines = [f"| trainer | s/epoch | x {rows[0].trainer} | clean % | " + " | ".join(keys)
+             + " | verify unsat / sat / n |",
              "|---|---:|---:|---:|" + "---:|" * len(keys) + "---|"]
     for row in rows:
         cells = " | ".join(f"{100 * row.certified[k]:.1f}" for k in keys)
@@ -114,7 +116,8 @@ def plot(rows: list[Row], eps: float, path: str) -> None:
         left.bar([i + index * width for i in range(len(rows))], [100 * v for v in values], width, label=label)
     left.set_xticks([i + 0.4 - width / 2 for i in range(len(rows))], names)
     left.set_ylabel("% of test inputs")
-    left.legend(fontsize=8)
+    left.set_ylim(0, 120)
+    left.legend(fontsize=8, ncol=len(series), loc="upper center")
     right.barh(names, [r.seconds / rows[0].seconds for r in rows])
     right.set_xlabel(f"seconds per epoch, x {rows[0].trainer}")
     figure.tight_layout()
@@ -131,6 +134,9 @@ def main() -> None:
     parser.add_argument("--verify-sample", type=int, default=20, help="test points given to `verify` (0: none)")
     parser.add_argument("--verify-timeout", type=float, default=10.0)
     parser.add_argument("--plot", help="write the figure here (.png or .svg)")
+    parser.add_argument("--full-eps", action="store_true",
+                        help="no warm-up or ramp: every step at the target eps (timing pgd-at; crown-ibp is then pure "
+                             "ibp, its beta being 0 at the target eps)")
     arguments = parser.parse_args()
     torch.set_num_threads(1)
     data = load_data(arguments.data, seed=0)
