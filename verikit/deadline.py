@@ -8,12 +8,14 @@ threaded through every engine: a third party's method that calls the engines get
 """
 from __future__ import annotations
 
+import threading
 import time
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Iterator
 
 _DEADLINE: ContextVar[float | None] = ContextVar("verikit_deadline", default=None)
+_STOP: ContextVar[threading.Event | None] = ContextVar("verikit_stop", default=None)
 
 
 class DeadlineReached(Exception):
@@ -30,10 +32,21 @@ def until(deadline: float | None) -> Iterator[None]:
         _DEADLINE.reset(token)
 
 
+@contextmanager
+def stop_on(event: threading.Event) -> Iterator[None]:
+    """Computations inside the block also stop with DeadlineReached once `event` is set (another
+    worker has found the answer, verikit.scale.pool)."""
+    token = _STOP.set(event)
+    try:
+        yield
+    finally:
+        _STOP.reset(token)
+
+
 def check() -> None:
-    """Raise DeadlineReached if the current deadline has passed."""
-    deadline = _DEADLINE.get()
-    if deadline is not None and time.monotonic() >= deadline:
+    """Raise DeadlineReached if the current deadline has passed (or the block's stop event is set)."""
+    deadline, stop = _DEADLINE.get(), _STOP.get()
+    if (deadline is not None and time.monotonic() >= deadline) or (stop is not None and stop.is_set()):
         raise DeadlineReached
 
 

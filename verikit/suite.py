@@ -1,5 +1,5 @@
 """Run a whole benchmark suite (an instances.csv): one result file per instance plus a results CSV,
-resumable, with a progress bar; local worker processes or a Dask scheduler."""
+resumable, with a progress bar; local worker processes or a Dask cluster (verikit.scale)."""
 from __future__ import annotations
 
 import csv
@@ -32,7 +32,10 @@ class Instance:
 
 @dataclass
 class SuiteOptions:
-    """timeout_cap: at most this many seconds an instance; methods/attack/complete/seed as for verify."""
+    """timeout_cap: at most this many seconds an instance; methods/attack/complete/seed as for verify;
+    workers: local processes; scheduler: a Dask cluster instead (`local`, `local:N` or a scheduler's
+    address, verikit.scale), with `grace` seconds past an instance's timeout before its worker is
+    restarted, and the local cluster's dashboard served where `dashboard`."""
 
     timeout_cap: float | None = None
     methods: tuple[str, ...] | None = None
@@ -40,7 +43,9 @@ class SuiteOptions:
     complete: str | None = "bab"
     workers: int = 1
     results_dir: Path | None = None
-    scheduler: str | None = None  # a Dask scheduler address
+    scheduler: str | None = None
+    grace: float = 30.0
+    dashboard: bool = False
     device: str = "cpu"
     seed: int = 0
     extra: dict = field(default_factory=dict)
@@ -132,30 +137,48 @@ def agreement(verdict: str, expected: str) -> str:
 
 def run_instance(instance: Instance, options: SuiteOptions) -> dict:
     """Verify one instance (model load included in the time) and write its result file."""
-    import os
-
-    import torch
-
-    torch.set_num_threads(max(1, int(os.environ.get("VERIKIT_THREADS", "1"))))
     from verikit.api import load_model, load_spec
-    from verikit.methods.base import Verdict
     from verikit.results import write_result
+
+    def load():
+        graph = load_model(instance.onnx)
+        return graph, load_spec(instance.vnnlib, graph)
+
+    record, verdict = decide_instance(instance, options, load)
+    if options.results_dir is not None:
+        write_result(Path(options.results_dir) / result_name(instance), verdict)
+    return record
+
+
+def decide_instance(instance: Instance, options: SuiteOptions, load: Callable[[], tuple]) -> tuple[dict, object]:
+    """Verify one instance whose (graph, property) `load` gives, its time counted: the results CSV's
+    row and the Verdict (`error` where loading or a method's input check failed)."""
+    from verikit.scale.cluster import set_threads
+
+    set_threads()
+    from verikit.methods.base import Verdict
     from verikit.pipeline import VerifyOptions, verify
 
     start = time.monotonic()
-    timeout = min(instance.timeout, options.timeout_cap or instance.timeout)
+    timeout = instance_timeout(instance, options)
     try:
-        graph = load_model(instance.onnx)
-        prop = load_spec(instance.vnnlib, graph)
+        graph, prop = load()
         remaining = max(0.1, timeout - (time.monotonic() - start))
         verdict = verify(graph, prop, VerifyOptions(timeout=remaining, methods=options.methods,
                                                     attack=options.attack, complete=options.complete,
                                                     device=options.device, seed=options.seed))
     except VerikitError as error:
         verdict = Verdict("error", detail=str(error).splitlines()[0])
-    seconds = time.monotonic() - start
-    if options.results_dir is not None:
-        write_result(Path(options.results_dir) / result_name(instance), verdict)
+    return instance_record(instance, verdict, time.monotonic() - start), verdict
+
+
+def instance_timeout(instance: Instance, options: SuiteOptions) -> float:
+    """The instance's seconds: its own timeout, at most the cap."""
+    return min(instance.timeout, options.timeout_cap or instance.timeout)
+
+
+def instance_record(instance: Instance, verdict, seconds: float) -> dict:
+    """The results CSV's row of an instance's verdict."""
     return {"onnx": instance.onnx, "vnnlib": instance.vnnlib, "verdict": verdict.status,
             "seconds": f"{seconds:.3f}", "method": verdict.method, "expected": instance.expected,
             "agreement": agreement(verdict.status, instance.expected), "detail": verdict.detail}
@@ -244,15 +267,12 @@ def _drop_errors(out_csv: Path) -> None:
 
 
 def _execute(todo: list[Instance], options: SuiteOptions) -> Iterable[dict]:
-    """Records of the instances as they finish: on a Dask scheduler, in local worker processes, or here.
-    Leaving early (an interrupt) terminates the local workers at once."""
+    """Records of the instances as they finish: on a Dask cluster (verikit.scale), in local worker
+    processes, or here. Leaving early (an interrupt) terminates the local workers at once."""
     if options.scheduler:
-        from dask.distributed import Client, as_completed
+        from verikit.scale.suite_tasks import run_on_cluster
 
-        client = Client(options.scheduler)
-        futures = [client.submit(run_instance, i, options, pure=False) for i in todo]
-        for future in as_completed(futures):
-            yield future.result()
+        yield from run_on_cluster(todo, options)
         return
     if options.workers <= 1:
         for instance in todo:

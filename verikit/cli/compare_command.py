@@ -28,6 +28,8 @@ MODE_HELP = ("bounds: the lower bound of every spec row c.y - d and its gap to t
 @click.option("--no-attack", is_flag=True, help="radius: skip PGD's upper bracket.")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
               help="Measurements run in parallel processes, one torch thread each (same results as 1).")
+@click.option("--scheduler", help="Run the measurements on a Dask cluster instead: local, local:N or a scheduler's "
+                                  "address (README: Scale out; the workers read the set's files at its paths).")
 @click.option("--limit", type=click.IntRange(min=0), help="Only this many new measurements (a later run resumes).")
 @click.option("--import", "imports", multiple=True, metavar="TOOL=FILE",
               help="Another verifier's per-instance results (onnx,vnnlib,result,seconds; or an instances.csv "
@@ -35,7 +37,7 @@ MODE_HELP = ("bounds: the lower bound of every spec row c.y - d and its gap to t
 @click.option("--no-plots", is_flag=True, help="Skip the plots (they need matplotlib: the `plots` extra).")
 @threads_option
 @handles_errors
-def compare(set_path, methods, mode, out, norms, timeout, steps, no_attack, workers, limit, imports,
+def compare(set_path, methods, mode, out, norms, timeout, steps, no_attack, workers, scheduler, limit, imports,
             no_plots) -> None:
     """Run several methods over a benchmark SET and compare them: one record per measurement
     (values, seconds, peak memory, options, version, commit, machine) in OUT/records.csv and
@@ -63,6 +65,10 @@ def compare(set_path, methods, mode, out, norms, timeout, steps, no_attack, work
     from verikit.errors import VerikitError
 
     use_threads()
+    if scheduler:
+        from verikit.scale.cluster import check_scheduler
+
+        check_scheduler(scheduler)
     chosen = None if methods is None else [m for m in parse_methods(methods) if m.label != "none"]
     norm_list = tuple(n.strip() for n in norms.split(",") if n.strip())
     if not norm_list or any(n not in ("inf", "2", "1") for n in norm_list):
@@ -71,7 +77,7 @@ def compare(set_path, methods, mode, out, norms, timeout, steps, no_attack, work
     with _progress() as (on_plan, on_records):
         outcome = run_comparison(set_path, out, chosen, settings, mode_given=mode is not None, workers=workers,
                                  limit=limit, imports=[parse_import(text) for text in imports],
-                                 plots=not no_plots, on_records=on_records, on_plan=on_plan)
+                                 plots=not no_plots, on_records=on_records, on_plan=on_plan, scheduler=scheduler)
     show(outcome.tables, outcome.notes, console(stderr=False))
     click.echo(f"records, summary.md{' and plots' if outcome.plots else ''} in {Path(out)}")
 

@@ -11,7 +11,7 @@ import click
 
 from verikit.cli.common import (EXIT_CONTRADICTION, EXIT_INSTANCE_ERRORS, Seconds, console, fail, handles_errors,
                                 none_to_skip, use_threads)
-from verikit.cli.verify_command import pipeline_options
+from verikit.cli.verify_command import pipeline_options, scheduler_options
 
 
 @click.command(short_help="Verify every instance of a suite CSV and summarise the results.")
@@ -28,11 +28,15 @@ from verikit.cli.verify_command import pipeline_options
 @pipeline_options
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
               help="Local worker processes (one instance each).")
-@click.option("--scheduler", help="Address of a Dask distributed scheduler to run instances on instead.")
+@scheduler_options("Run the instances on a Dask cluster instead: local (one worker process a core), local:N, "
+                   "or a scheduler's address such as tcp://host:8786.")
+@click.option("--grace", default=30.0, show_default=True, type=Seconds(),
+              help="With --scheduler: seconds past an instance's timeout before its worker is restarted and the "
+                   "instance recorded as `timeout`.")
 @click.option("--limit", type=click.IntRange(min=1), help="Only the first N instances.")
 @handles_errors
 def run(suite, out, retry_errors, jsonl, results_dir, timeout_cap, methods, attack, complete, seed, device, workers,
-        scheduler, limit) -> None:
+        scheduler, dashboard, grace, limit) -> None:
     """Verify every instance of a SUITE csv (VNN-COMP `onnx,vnnlib,timeout` rows, or an instances.csv
     with a header naming onnx, vnnlib, timeout_s and an `expected` column) and summarise verdicts, times
     and agreement with the expected answers.
@@ -44,6 +48,7 @@ def run(suite, out, retry_errors, jsonl, results_dir, timeout_cap, methods, atta
     Example:
       verikit run ../shared/benchmarks/acasxu/instances.csv --timeout-cap 30 --out acas.csv
       verikit run suite.csv --out suite.csv.out --jsonl - --retry-errors
+      verikit run ../shared/benchmarks/acasxu/instances.csv --scheduler local:2 --out acas.csv
     """
     from verikit.results import check_output_path
     from verikit.roles import check_verify_methods
@@ -52,13 +57,21 @@ def run(suite, out, retry_errors, jsonl, results_dir, timeout_cap, methods, atta
     use_threads()
     attack, complete = none_to_skip(attack), none_to_skip(complete)
     check_verify_methods(methods, attack, complete)
+    if scheduler:
+        from verikit.errors import VerikitError
+        from verikit.scale.cluster import check_scheduler
+
+        check_scheduler(scheduler)
+        if workers > 1:
+            raise VerikitError("--workers and --scheduler both say where instances run", place="--workers",
+                               fix="give one of them (local:N runs N worker processes on a local Dask cluster)")
     instances = read_instances(suite)[:limit]
     check_out_csv(out, suite)
     if jsonl and jsonl != "-":
         check_output_path(jsonl, [suite, out], "--jsonl")
     options = SuiteOptions(timeout_cap=timeout_cap, methods=tuple(methods) or None, attack=attack,
                            complete=complete, workers=workers, results_dir=Path(results_dir) if results_dir else None,
-                           scheduler=scheduler, device=device, seed=seed)
+                           scheduler=scheduler, grace=grace, dashboard=dashboard, device=device, seed=seed)
     _run_with_progress(instances, suite, out, options, retry_errors, jsonl)
     _summarise(out)
 
@@ -77,8 +90,8 @@ def _run_with_progress(instances: list, suite: str, out: str, options, retry_err
 
         def advance(record: dict) -> None:
             name = f"{Path(record['onnx']).stem} {Path(record['vnnlib']).stem}"
-            progress.console.print(f"{record['verdict']:>8} {float(record['seconds']):7.2f} s  {name}"
-                                   + ("  CONTRADICTS expected " + record["expected"] if record["agreement"] == "no" else ""))
+            contradiction = "  CONTRADICTS expected " + record["expected"] if record["agreement"] == "no" else ""
+            progress.console.print(f"{record['verdict']:>8} {float(record['seconds']):7.2f} s  {name}{contradiction}")
             write_line(record)
             progress.advance(task)
 

@@ -2,9 +2,11 @@
 a counterexample array and (with --exit-code) the exit status."""
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
+from typing import Iterator
 
 import click
 
@@ -27,6 +29,15 @@ pipeline_options = options(
     device_option,
     threads_option,
 )
+
+
+def scheduler_options(help: str):
+    """--scheduler (a Dask cluster, verikit.scale) and --dashboard, with a command's own help text."""
+    return options(
+        click.option("--scheduler", help=help + " Needs `pip install 'verikit[dask]'`; README: Scale out."),
+        click.option("--dashboard", is_flag=True, help="With --scheduler local[:N]: serve Dask's dashboard on "
+                                                       "127.0.0.1:8787."),
+    )
 
 
 class StageLog:
@@ -60,7 +71,10 @@ class StageLog:
 @click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0),
               help="Processes for branch and bound: the open sub-boxes (input splitting), the "
                    "spec's regions, or the open domains of ReLU splitting are decided at once. "
-                   "0: one per CPU core this process may use, up to 16 (1 with --device cuda).")
+                   "0: one per CPU core this process may use, up to 16 (1 with --device cuda); with "
+                   "--scheduler, one per thread of the cluster's workers.")
+@scheduler_options("Decide branch and bound's pieces on a Dask cluster's workers: local (one worker process "
+                   "a core), local:N, or a scheduler's address such as tcp://host:8786.")
 @click.option("--results", type=click.Path(dir_okay=False),
               help="Write a VNN-COMP result file here (an existing file is replaced, as VNN-COMP's tool "
                    "interface expects; never the model or the spec; its directory must exist).")
@@ -76,8 +90,8 @@ class StageLog:
 @click.option("--quiet", "-q", is_flag=True, help="Print only the verdict.")
 @click.option("--verbose", "-v", is_flag=True, help="Print each stage on stderr as it starts, with the time.")
 @handles_errors
-def verify(model, spec, methods, attack, complete, seed, device, timeout, workers, results, counterexample_path,
-           as_json, exit_code, no_check, quiet, verbose) -> None:
+def verify(model, spec, methods, attack, complete, seed, device, timeout, workers, scheduler, dashboard, results,
+           counterexample_path, as_json, exit_code, no_check, quiet, verbose) -> None:
     """Decide whether SPEC (VNN-LIB or YAML, describing the UNSAFE set) holds for the ONNX MODEL.
 
     Prints `unsat` (the property holds), `sat` (with a counterexample re-checked by onnxruntime),
@@ -87,6 +101,7 @@ def verify(model, spec, methods, attack, complete, seed, device, timeout, worker
     Example:
       verikit verify ACASXU_run2a_1_1_batch_2000.onnx prop_1.vnnlib --timeout 60 --results out.txt
       verikit verify net.onnx prop.vnnlib --json --save-counterexample x.npy
+      verikit verify net.onnx prop.vnnlib --timeout 600 --scheduler tcp://10.0.0.5:8786
     """
     from verikit.results import check_output_path
     from verikit.roles import check_verify_methods
@@ -99,14 +114,19 @@ def verify(model, spec, methods, attack, complete, seed, device, timeout, worker
     if counterexample_path:
         check_output_path(counterexample_path, [model, spec, *([results] if results else [])],
                           "--save-counterexample")
-    if workers == 0:
-        from verikit.methods.bab_pool import default_workers
+    if scheduler:
+        from verikit.scale.cluster import check_scheduler
 
-        workers = default_workers(device)
-    settings = dict(methods=tuple(methods) or None, attack=attack, complete=complete, device=device,
-                    workers=workers, seed=seed, timeout=timeout)
-    verdict, graph, log = _decide(model, spec, settings, no_check, results,
-                                  show_spinner=not (quiet or verbose or as_json), verbose=verbose)
+        check_scheduler(scheduler)
+    with _bab_cluster(scheduler, dashboard) as cluster_workers:
+        if workers == 0:
+            from verikit.methods.bab_pool import default_workers
+
+            workers = cluster_workers or default_workers(device)
+        settings = dict(methods=tuple(methods) or None, attack=attack, complete=complete, device=device,
+                        workers=workers, seed=seed, timeout=timeout)
+        verdict, graph, log = _decide(model, spec, settings, no_check, results,
+                                      show_spinner=not (quiet or verbose or as_json), verbose=verbose)
     if counterexample_path:
         _save_counterexample(counterexample_path, verdict, graph)
     if as_json:
@@ -117,12 +137,30 @@ def verify(model, spec, methods, attack, complete, seed, device, timeout, worker
         raise SystemExit(VERDICT_EXIT.get(verdict.status, EXIT_OK))
 
 
+@contextlib.contextmanager
+def _bab_cluster(scheduler: str | None, dashboard: bool) -> Iterator[int]:
+    """Inside, branch and bound's pools are the Dask cluster of `scheduler` (none: local processes),
+    a local one started only when branch and bound first wants workers; gives the threads of its
+    workers (0 without one)."""
+    if not scheduler:
+        yield 0
+        return
+    from verikit.methods.bab_pool import on_cluster
+    from verikit.scale.cluster import ClusterOptions, LazyClient, check_scheduler, cluster_threads
+
+    cluster = LazyClient(ClusterOptions(scheduler, dashboard))
+    try:
+        threads = check_scheduler(scheduler).workers or cluster_threads(cluster.get())
+        with on_cluster(cluster.get):
+            yield threads
+    finally:
+        cluster.close()
+
+
 def _decide(model: str, spec: str, settings: dict, no_check: bool, results: str | None, show_spinner: bool,
             verbose: bool):
     """Load the model and spec, run the pipeline, write the result file (`error` where loading failed).
     Returns the verdict, the graph and the stage log."""
-    import contextlib
-
     from verikit.api import load_model, load_spec
     from verikit.errors import VerikitError
     from verikit.methods.base import Verdict

@@ -80,9 +80,10 @@ def compare(set_path: str | Path, out: str | Path, methods: list[MethodChoice] |
             settings: Settings = Settings(), mode_given: bool = True, workers: int = 1, limit: int | None = None,
             imports: list[tuple[str, Path]] = (), plots: bool = True,
             on_records: Callable[[list[Record]], None] | None = None,
-            on_plan: Callable[[int, int, int], None] | None = None) -> Outcome:
+            on_plan: Callable[[int, int, int], None] | None = None, scheduler: str | None = None) -> Outcome:
     """Run the comparison (module doc); `limit`: at most that many new measurements (the rest wait for
-    a later run: it resumes); `on_plan(total, recorded, to_run)` is told the counts before the first one."""
+    a later run: it resumes); `on_plan(total, recorded, to_run)` is told the counts before the first one;
+    `scheduler`: on a Dask cluster instead of `workers` processes (verikit.scale)."""
     from verikit.compare.summary import markdown, summarize
 
     tasks, methods = plan(set_path, methods, settings, mode_given)
@@ -95,7 +96,7 @@ def compare(set_path: str | Path, out: str | Path, methods: list[MethodChoice] |
     if on_plan is not None:
         waiting = len(pending(tasks, out)) if out.is_dir() else len({task.key() for task in tasks})
         on_plan(len(tasks), len(tasks) - waiting, waiting if limit is None else min(waiting, limit))
-    records = in_task_order(run_tasks(tasks, out, workers, limit, on_records), tasks)
+    records = in_task_order(run_tasks(tasks, out, workers, limit, on_records, scheduler), tasks)
     outcome = Outcome(records, peers)
     outcome.tables, outcome.notes = summarize(records, peers)
     if plots:

@@ -6,15 +6,18 @@ is decided by the sequential branch and bound in a worker process, all against t
 The answer is `sat` as soon as one piece finds a confirmed counterexample (the pool is then
 stopped), `unsat` when every piece is `unsat`, and otherwise the first piece's `timeout` / `unknown`:
 the pieces cover the property, so nothing else is sound. (Input splitting deals its open sub-boxes
-out again round after round instead: bab.py.)
+out again round after round instead: bab.py.) Inside `on_cluster(client)` the pool is a Dask cluster's
+workers instead of local processes (verikit.scale.pool).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import multiprocessing
 import os
-from typing import Callable
+from contextvars import ContextVar
+from typing import Callable, Iterator
 
 import torch
 
@@ -27,6 +30,7 @@ WORKER_START = 1.5  # ... costs each worker a torch import (~1.5 s), during whic
 AUTO_WORKERS_MAX = 16  # workers by default, at most (one a core up to this)
 
 Split = Callable[[Graph, Property, RegionSpec, object, float], Verdict]
+_CLUSTER: ContextVar[Callable[[], object] | None] = ContextVar("verikit_bab_cluster", default=None)
 
 
 def decide_in_pool(graph: Graph, prop: Property, pieces: list[RegionSpec], split: Split, options,
@@ -49,8 +53,24 @@ def default_workers(device: str) -> int:
     return 1 if torch.device(device).type != "cpu" else min(usable_cores(), AUTO_WORKERS_MAX)
 
 
+@contextlib.contextmanager
+def on_cluster(client: Callable[[], object]) -> Iterator[None]:
+    """Pools started inside the block are the cluster of the Dask client that `client()` gives (called
+    when the first pool starts: verify --scheduler)."""
+    token = _CLUSTER.set(client)
+    try:
+        yield
+    finally:
+        _CLUSTER.reset(token)
+
+
 def start_pool(workers: int):
-    """A pool of `workers` spawned processes, one torch thread each (they start importing at once)."""
+    """A pool of `workers` spawned processes, one torch thread each (they start importing at once), or,
+    inside `on_cluster`, the cluster's workers."""
+    if _CLUSTER.get() is not None:
+        from verikit.scale.pool import DaskPool
+
+        return DaskPool(_CLUSTER.get()())
     context = multiprocessing.get_context("spawn")  # no fork of a process that holds torch's threads
     return context.Pool(workers, initializer=_one_thread)
 
