@@ -28,6 +28,9 @@ HARD = [("3_3", "prop_2"), ("4_2", "prop_2"), ("1_1", "prop_6")]  # none decided
 CAP = 3.0
 
 
+WORKER_WAIT = 240  # seconds for a (re)started worker to join: generous, a loaded machine starts torch slowly
+
+
 def invoke(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
@@ -46,7 +49,7 @@ def client(benchmarks):
 
 def pids(client) -> dict[str, int]:
     """Worker address -> process id, once both workers are up."""
-    client.wait_for_workers(2, timeout=60)
+    client.wait_for_workers(2, timeout=WORKER_WAIT)
     return client.run(os.getpid)
 
 
@@ -55,7 +58,7 @@ def warm(client) -> None:
     would otherwise spend seconds on them)."""
     from verikit.scale.cluster import import_engines
 
-    client.wait_for_workers(2, timeout=60)
+    client.wait_for_workers(2, timeout=WORKER_WAIT)
     client.run(import_engines)
 
 
