@@ -242,3 +242,16 @@ def encoding_interval(batch: int):
 
     lower = torch.arange(batch, dtype=F64).reshape(batch, 1).expand(batch, 3)
     return Interval(lower, lower + 1)
+
+
+def test_rows_reached_after_the_deadline_keep_the_back_substitution_bound(tmp_path):
+    graph = load_model(mlp(tmp_path / "m.onnx", "Relu", (12, 12), inputs=5, outputs=4, seed=1))
+    center = torch.rand(1, graph.input_size, generator=torch.Generator().manual_seed(7), dtype=F64)
+    region = LpBall(center, torch.tensor([0.15], dtype=F64), float("inf"))
+    rows = torch.randn(1, 4, graph.output_size, generator=torch.Generator().manual_seed(8), dtype=F64)
+    solved = DualLP().bound(graph, region, rows)
+    late = DualLP().bound(graph, region, rows, deadline=0.0)  # past: no LP is solved
+    fallback, _ = encoding_bounds(graph, region, rows, "same-slope", None)
+    assert torch.allclose(late.lower, fallback.lower) and torch.allclose(late.upper, fallback.upper)
+    assert bool((solved.lower >= late.lower - 1e-6).all() and (solved.upper <= late.upper + 1e-6).all())
+    assert float((solved.upper - solved.lower).sum()) < float((late.upper - late.lower).sum())
