@@ -102,15 +102,16 @@ def table(rows: list[Row]) -> str:
 
 
 def plot(rows: list[Row], eps: float, path: str) -> None:
-    """Certified accuracy at eps (ibp, crown, verify's sample) and the cost ratio, one group per trainer."""
+    """Certified accuracy at eps (each certifying method, verify's sample) and the cost ratio, one group
+    per trainer."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8), gridspec_kw={"width_ratios": [3, 1.4]})
     names = [row.trainer for row in rows]
-    series = {"clean": [r.clean for r in rows], f"ibp@{eps:g}": [r.certified[f"ibp@{eps:g}"] for r in rows],
-              f"crown@{eps:g}": [r.certified[f"crown@{eps:g}"] for r in rows]}
+    series = {"clean": [r.clean for r in rows]}
+    series.update({key: [r.certified[key] for r in rows] for key in rows[0].certified if key.endswith(f"@{eps:g}")})
     if any(r.verified[2] for r in rows):
         series[f"verify@{eps:g} (sample)"] = [r.verified[0] / max(r.verified[2], 1) for r in rows]
     width = 0.8 / len(series)
