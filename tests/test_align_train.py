@@ -66,6 +66,13 @@ def test_bad_input_is_one_message_and_exit_2(tmp_path, args, message):
     result = invoke("train", *args, "--epochs", 1, "--out", tmp_path / "m.onnx", "-q")
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
+    assert not list(tmp_path.iterdir())  # refused before any work: no log, checkpoint or model
+
+
+def test_without_arch_an_align_trainer_builds_its_own_ntk_net(tmp_path):
+    result = invoke("train", "align-zero", "--epochs", 1, "--out", tmp_path / "m.onnx", "-q")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "m.onnx").stat().st_size > 0
 
 
 def test_resume_continues_exactly(tmp_path):

@@ -10,8 +10,9 @@ from verikit.cli.common import handles_errors
 @click.command(short_help="Train a network with a trainer plugin and export it to ONNX.")
 @click.argument("trainer")
 @click.option("--data", help="Dataset: digits (default), digits:size=16, mnist5k, teacher, or a .npz path.")
-@click.option("--arch", help="Architecture: mlp, mnist-small (default), mnist-medium, mnist-resnet, "
-              "cnn-4layer-5-3, small-gap (CAM), ntk-conv:width=W (the Align trainers).")
+@click.option("--arch", help="Architecture: mlp, mnist-small, mnist-medium, mnist-resnet, cnn-4layer-5-3, "
+              "small-gap, ntk-conv:width=W (default: the trainer's own; mnist-small for most, small-gap for "
+              "interpret, ntk-conv for the Align trainers).")
 @click.option("--eps", type=float, help="Target eps in the [0, 1] input scale (default 0.1).")
 @click.option("--epochs", type=int, help="Epochs (default 100, as the reference).")
 @click.option("--batch-size", type=int, help="Batch size (default 100).")

@@ -66,6 +66,7 @@ class Trainer:
     summary: ClassVar[str] = ""
     Options: ClassVar[type] = TrainOptions
     uses_eps: ClassVar[bool] = True  # its loss depends on eps (the warm-up check in the loop applies)
+    architecture: ClassVar[str] = "mnist-small"  # what `verikit train` builds when --arch is not given
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, step: Step,
              ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,6 +79,9 @@ class Trainer:
 
     def check(self, options: TrainOptions) -> None:
         """Reject options the trainer cannot use (VerikitError), before any work starts."""
+
+    def check_model(self, model: nn.Module) -> None:
+        """Reject a model the trainer cannot train (VerikitError), before any work starts."""
 
     def end_epoch(self, model: nn.Module, data: "Dataset", step: Step) -> None:
         """Called after every epoch (e.g. to adapt kappa on the validation split)."""

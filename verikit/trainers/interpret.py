@@ -85,6 +85,7 @@ class Interpret(Trainer):
     summary = "interpretation-aware defence Int / Int2 (Boopathy et al. 2020); variant int|int-one|int-adv|int2|" \
               "int2-adv|ig-norm"
     Options = InterpretOptions
+    architecture = "small-gap"  # CAM needs global average pooling and a bias-free linear head
 
     def check(self, options: InterpretOptions) -> None:
         if options.variant not in VARIANTS:

@@ -17,7 +17,7 @@ from verikit.trainers.export import export_onnx
 from verikit.trainers.loop import accuracy
 from verikit.trainers.progress import BarProgress, CsvLog
 
-DEFAULTS = {"data": "digits", "arch": "mnist-small", "out": "model.onnx"}
+DEFAULTS = {"data": "digits", "out": "model.onnx"}  # and the trainer's own architecture
 
 
 def get_trainer(name: str) -> Trainer:
@@ -53,7 +53,7 @@ class TrainRun:
     def prepare(cls, trainer: str, values: dict[str, Any], force: bool = False, resume: bool = False) -> "TrainRun":
         """Check the names, the option types and ranges, eps against the data domain, and --out."""
         chosen = get_trainer(trainer)
-        values = {**DEFAULTS, **values}
+        values = {**DEFAULTS, "arch": chosen.architecture, **values}
         options = build_options(chosen.Options, values, source="options")
         out = Path(values["out"])
         if out.exists() and not force:
@@ -63,7 +63,8 @@ class TrainRun:
             raise VerikitError("its directory does not exist", path=str(out), fix="create the directory first")
         data = load_data(values["data"], seed=options.seed)
         data.check_eps(options.eps)
-        build(values["arch"], data.input_shape, data.classes, options.seed)  # fails early on a bad name or fit
+        # a bad name, a misfit or a model the trainer cannot train fails here, before any work
+        chosen.check_model(build(values["arch"], data.input_shape, data.classes, options.seed))
         options.checkpoint, options.resume = str(out) + ".ckpt", resume
         chosen.check(options)
         return cls(chosen, data, values["arch"], options, out, force)
@@ -81,14 +82,16 @@ class TrainRun:
         return TrainResult(self.out, log, accuracy(model, self.data.x_test, self.data.y_test))
 
 
-def train(trainer: str, data: str | Dataset = "digits", model: nn.Module | str = "mnist-small",
+def train(trainer: str, data: str | Dataset = "digits", model: nn.Module | str | None = None,
           progress: Progress | None = None, **options: Any) -> nn.Module:
-    """Python API: train `model` (an architecture name or the user's own nn.Module) with a registered
-    trainer; `options` are the trainer's Options fields (and the schedule's), type-checked."""
+    """Python API: train `model` (an architecture name, the user's own nn.Module, or None for the
+    trainer's own architecture) with a registered trainer; `options` are the trainer's Options fields
+    (and the schedule's), type-checked."""
     chosen = get_trainer(trainer)
     settings = build_options(chosen.Options, options, source="options")
     dataset = data if isinstance(data, Dataset) else load_data(data, seed=settings.seed)
     dataset.check_eps(settings.eps)
-    if isinstance(model, str):
-        model = build(model, dataset.input_shape, dataset.classes, settings.seed)
+    if model is None or isinstance(model, str):
+        model = build(model or chosen.architecture, dataset.input_shape, dataset.classes, settings.seed)
+    chosen.check_model(model)
     return chosen.train(model, dataset, settings, progress)

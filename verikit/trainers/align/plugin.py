@@ -37,9 +37,13 @@ class AlignTrainer(Trainer):
     """A trainer that applies one learning rule of `rules.RULES`."""
 
     Options = AlignOptions
+    architecture = "ntk-conv"
 
     def __init__(self, rule: Rule):
         self.rule, self.name, self.summary = rule, rule.name, rule.summary
+
+    def check_model(self, model: nn.Module) -> None:
+        Layout.of(model)  # an NTK conv net (ntk-conv), or one clear error naming it
 
     def check(self, options: TrainOptions) -> None:
         if options.batch_size < 2:
