@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from functools import lru_cache
 
@@ -105,13 +104,12 @@ def _verdicts(graph, task: Task, clock: Clock) -> list[dict]:
     if task.index is None:
         prop = _spec(task.spec, graph)
     else:
-        from verikit.spec.yaml_spec import parse_yaml_spec
+        from verikit.region import parse_norm
+        from verikit.spec.property import robustness_property
 
         x0, label = _input(graph, task)
-        document = {"input": x0.tolist(), "epsilon": task.eps, "norm": task.norm, "label": label}
-        if task.settings.domain is not None:
-            document["domain"] = dict(zip(("lower", "upper"), task.settings.domain))
-        prop = parse_yaml_spec(json.dumps(document), task.spec, graph.input_size, graph.output_size)
+        prop = robustness_property(x0, label, task.eps, graph.output_size, parse_norm(task.norm),
+                                   _domain(task, x0, torch.float64), source=task.spec)
     with clock:
         chosen = {task.method.name: task.method.options_object()} if task.method.options else None
         verdict = verify(graph, prop, timeout=task.timeout, methods=task.method.chain, complete="bab",
@@ -141,13 +139,24 @@ def _input(graph, task: Task) -> tuple[torch.Tensor, int]:
 
 def _ball(task: Task, x0: torch.Tensor):
     """The task's Lp ball around x0 (clipped to the domain), in float32 as the bound passes run."""
-    from verikit.region import Box, LpBall, parse_norm
+    from verikit.region import LpBall, parse_norm
 
-    domain = None
-    if task.settings.domain is not None:
-        low, high = task.settings.domain
-        domain = Box(torch.full((1, x0.numel()), low), torch.full((1, x0.numel()), high))
-    return LpBall(x0.float().unsqueeze(0), torch.tensor([task.eps]), parse_norm(task.norm), domain)
+    return LpBall(x0.float().unsqueeze(0), torch.tensor([task.eps]), parse_norm(task.norm),
+                  _domain(task, x0, torch.float32))
+
+
+def _domain(task: Task, x0: torch.Tensor, dtype: torch.dtype):
+    """The experiment's domain as a one-problem box around the input x0, or None."""
+    from verikit.region import Box
+
+    if task.settings.domain is None:
+        return None
+    low, high = task.settings.domain
+    if bool((x0 < low).any() or (x0 > high).any()):
+        raise VerikitError(f"input {task.index} lies outside the domain [{low}, {high}]", path=task.input_file,
+                           fix="widen the experiment's domain or fix the input")
+    size = x0.numel()
+    return Box(torch.full((1, size), low, dtype=dtype), torch.full((1, size), high, dtype=dtype))
 
 
 MODES = {"bounds": _bounds, "radius": _radius, "verdicts": _verdicts}
