@@ -23,20 +23,21 @@ BOX = "(assert (>= X_0 0))\n(assert (<= X_0 1))\n"
 ROBUST = "input: [0.5, 0.5]\nepsilon: 0.1\nlabel: 0\nn_outputs: 2\n"
 
 
-def vnnlib_error(text: str, **sizes) -> str:
+def parse_error(parse, name: str, text: str, **sizes) -> str:
+    """The SpecError message of parsing `text` as the file `name`: it names the file and a fix."""
     with pytest.raises(SpecError) as caught:
-        parse_vnnlib(text, "bad.vnnlib", **sizes)
+        parse(text, name, **sizes)
     message = str(caught.value)
-    assert message.startswith("bad.vnnlib") and "fix:" in message
+    assert message.startswith(name) and "fix:" in message
     return message
+
+
+def vnnlib_error(text: str, **sizes) -> str:
+    return parse_error(parse_vnnlib, "bad.vnnlib", text, **sizes)
 
 
 def yaml_error(text: str, **sizes) -> str:
-    with pytest.raises(SpecError) as caught:
-        parse_yaml_spec(text, "bad.yaml", **sizes)
-    message = str(caught.value)
-    assert message.startswith("bad.yaml") and "fix:" in message
-    return message
+    return parse_error(parse_yaml_spec, "bad.yaml", text, **sizes)
 
 
 def cost(read) -> tuple[float, int]:
