@@ -108,14 +108,14 @@ def set_population_statistics(model: nn.Sequential, x: torch.Tensor, batch_size:
     normalised with theirs), so the eval-mode net is a fixed map that can be exported and verified."""
     model.eval()
     x = x.to(next(model.parameters()).dtype)
-    for index, module in enumerate(model):
-        if not isinstance(module, UnitBatchNorm):
-            continue
-        below = model[:index]
-        inputs = torch.cat([below(x[start:start + batch_size]) for start in range(0, len(x), batch_size)])
-        module.mean.copy_(inputs.mean(0))
-        module.inverse_std.copy_(torch.rsqrt(inputs.var(0, unbiased=False) + EPSILON))
-        module.populated.fill_(True)
+    chunks = [x[start:start + batch_size] for start in range(0, len(x), batch_size)]  # each layer's input
+    for module in model:
+        if isinstance(module, UnitBatchNorm):
+            inputs = torch.cat(chunks)
+            module.mean.copy_(inputs.mean(0))
+            module.inverse_std.copy_(torch.rsqrt(inputs.var(0, unbiased=False) + EPSILON))
+            module.populated.fill_(True)
+        chunks = [module(chunk) for chunk in chunks]  # one pass through the net in all
 
 
 @torch.no_grad()
